@@ -1,0 +1,29 @@
+"""Shared test helpers: random non-default weights, tiny reference checkpoints on disk."""
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
+    """Give every parameter random values: weights N(0, std), norm scales 1 + N(0, 0.1).
+
+    Norm scales stay near 1 (near 0 would hide whole layers), and biases are non-zero, so a
+    wrong mapping of any tensor changes the outputs.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype)
+            is_norm_scale = p.dim() == 1 and any(k in name.lower() for k in ("norm", "ln", "layer_norm")) and (
+                name.endswith("weight") or name.endswith("scale")
+            )
+            p.copy_(1 + 0.1 * noise if is_norm_scale else std * noise)
+    return module.eval()
+
+
+@pytest.fixture
+def tmp_ckpt(tmp_path):
+    """A fresh directory for a checkpoint."""
+    return tmp_path / "ckpt"

@@ -1,0 +1,14 @@
+"""zoo: the transformer family tree on one shared block library.
+
+import zoo
+zoo.list_models("gpt2*")
+model = zoo.create_model("gpt2", n_layers=2, norm="rmsnorm", mlp="swiglu")
+model = zoo.from_pretrained("path/to/hf-checkpoint")
+zoo.save_pretrained(model, "out/", format="hf")
+"""
+
+from zoo.hub import from_pretrained, save_pretrained
+from zoo.registry import create_model, get_variant, list_models
+
+__all__ = ["create_model", "from_pretrained", "get_variant", "list_models", "save_pretrained"]
+__version__ = "0.1.0"

@@ -1,0 +1,39 @@
+"""The shared block library. No family name appears in here: blocks take explicit arguments."""
+
+from zoo.blocks.attention import Attention
+from zoo.blocks.cache import KVCache
+from zoo.blocks.embeddings import check_token_ids
+from zoo.blocks.layers import TransformerLayer, run_layers
+from zoo.blocks.masks import attention_mask
+from zoo.blocks.mlp import MLP, get_activation, make_mlp
+from zoo.blocks.moe import MoE, load_balancing_loss, router_z_loss
+from zoo.blocks.norms import RMSNorm, make_norm
+from zoo.blocks.position import (
+    LearnedPositions,
+    RelativePositionBias,
+    RotaryEmbedding,
+    apply_rope,
+    sinusoidal_table,
+)
+
+__all__ = [
+    "MLP",
+    "Attention",
+    "KVCache",
+    "LearnedPositions",
+    "MoE",
+    "RMSNorm",
+    "RelativePositionBias",
+    "RotaryEmbedding",
+    "TransformerLayer",
+    "apply_rope",
+    "attention_mask",
+    "check_token_ids",
+    "get_activation",
+    "load_balancing_loss",
+    "make_mlp",
+    "make_norm",
+    "router_z_loss",
+    "run_layers",
+    "sinusoidal_table",
+]

@@ -1,0 +1,152 @@
+"""Position encodings: learned absolute, sinusoidal, rotary (RoPE, with scaling), T5 relative buckets."""
+
+import math
+
+import torch
+from torch import nn
+
+
+class LearnedPositions(nn.Module):
+    """A learned absolute position table (GPT-2, BERT, ViT).
+
+    Args:
+        max_seq_len: number of positions the table holds.
+        d_model: embedding width.
+    """
+
+    def __init__(self, max_seq_len: int, d_model: int):
+        super().__init__()
+        self.max_seq_len = max_seq_len
+        self.weight = nn.Parameter(torch.zeros(max_seq_len, d_model))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions (B, T) or (T,) integers -> (…, T, d_model)."""
+        if positions.numel() and int(positions.max()) >= self.max_seq_len:
+            raise ValueError(
+                f"max_seq_len: position {int(positions.max())} is past the model's {self.max_seq_len} "
+                "learned positions; shorten the input"
+            )
+        return self.weight[positions]
+
+
+def sinusoidal_table(max_seq_len: int, d_model: int, base: float = 10000.0) -> torch.Tensor:
+    """The fixed table of "Attention Is All You Need": sin on even, cos on odd channels.
+
+    Returns (max_seq_len, d_model).
+    """
+    position = torch.arange(max_seq_len, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(base) / d_model))
+    table = torch.zeros(max_seq_len, d_model)
+    table[:, 0::2] = torch.sin(position * div)
+    table[:, 1::2] = torch.cos(position * div[: d_model // 2])
+    return table
+
+
+def rope_inv_freq(rotary_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
+    """Inverse frequencies for RoPE, with optional ``linear`` or ``llama3`` scaling.
+
+    ``scaling`` follows the Hugging Face ``rope_scaling`` dict: ``{"rope_type": "linear",
+    "factor": f}`` or ``{"rope_type": "llama3", "factor", "low_freq_factor",
+    "high_freq_factor", "original_max_position_embeddings"}``.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+    if not scaling:
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type"))
+    factor = float(scaling["factor"])
+    if kind == "linear":
+        return inv_freq / factor
+    if kind == "llama3":
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        # Long wavelengths (low frequencies) are slowed by `factor`, short ones kept, and the
+        # band between is blended smoothly (Llama 3.1's long-context recipe).
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(medium, blended, scaled)
+    raise ValueError(f"rope_scaling: unknown rope_type {kind!r}; choose 'linear' or 'llama3'")
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al. 2021) in the half-split layout of GPT-NeoX/LLaMA.
+
+    Args:
+        rotary_dim: how many channels of each head rotate (the first ``rotary_dim``; the
+            rest pass through, as in partial-rotary models). Usually ``head_dim``.
+        theta: the base of the frequency ladder.
+        scaling: optional ``rope_scaling`` dict (see ``rope_inv_freq``).
+    """
+
+    def __init__(self, rotary_dim: int, theta: float = 10000.0, scaling: dict | None = None):
+        super().__init__()
+        if rotary_dim % 2:
+            raise ValueError(f"rotary_dim: must be even, got {rotary_dim}")
+        self.rotary_dim = rotary_dim
+        self.register_buffer("inv_freq", rope_inv_freq(rotary_dim, theta, scaling), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (B, T) -> cos, sin, each (B, 1, T, rotary_dim), ready to broadcast over heads."""
+        freqs = positions[..., None].float() * self.inv_freq  # (B, T, rotary_dim / 2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, rotary_dim)
+        return emb.cos()[:, None], emb.sin()[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, H, T, head_dim) by cos/sin (B, 1, T, rotary_dim)."""
+    rot = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    x1, x2 = x_rot.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    out = (x_rot.float() * cos + rotated.float() * sin).to(x.dtype)
+    return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
+
+
+def relative_position_bucket(
+    relative_position: torch.Tensor, bidirectional: bool, n_buckets: int, max_distance: int
+) -> torch.Tensor:
+    """T5's bucketing: exact buckets for small offsets, log-spaced buckets up to max_distance."""
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        n_buckets //= 2
+        buckets = buckets + (relative_position > 0).long() * n_buckets
+        distance = relative_position.abs()
+    else:
+        distance = -torch.clamp(relative_position, max=0)
+    max_exact = n_buckets // 2
+    is_small = distance < max_exact
+    large = (
+        max_exact
+        + (
+            torch.log(distance.float().clamp(min=1) / max_exact)
+            / math.log(max_distance / max_exact)
+            * (n_buckets - max_exact)
+        ).long()
+    )
+    large = torch.clamp(large, max=n_buckets - 1)
+    return buckets + torch.where(is_small, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """T5-style learned bias per (head, relative-position bucket), added to attention scores.
+
+    Args:
+        n_heads: number of attention heads.
+        n_buckets: number of buckets.
+        max_distance: offsets beyond this share the last bucket.
+        bidirectional: encoder (True) or causal decoder (False) bucketing.
+    """
+
+    def __init__(self, n_heads: int, n_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True):
+        super().__init__()
+        self.n_buckets, self.max_distance, self.bidirectional = n_buckets, max_distance, bidirectional
+        self.embedding = nn.Embedding(n_buckets, n_heads)
+
+    def forward(self, q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
+        """q_idx (T,), k_idx (S,) absolute indices -> additive bias (1, H, T, S)."""
+        relative = k_idx[None, :] - q_idx[:, None]  # (T, S)
+        buckets = relative_position_bucket(relative, self.bidirectional, self.n_buckets, self.max_distance)
+        return self.embedding(buckets).permute(2, 0, 1)[None]  # (1, H, T, S)

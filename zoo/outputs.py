@@ -1,0 +1,28 @@
+"""The one output type every model returns, with the field names users know from transformers."""
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ModelOutput:
+    """Fields a model does not produce stay None.
+
+    Attributes:
+        logits: (B, T, vocab) for LMs, (B, n_classes) for classifiers.
+        loss: scalar training loss when labels were given (aux losses included).
+        aux_loss: mixture-of-experts balancing loss, before its coefficient.
+        last_hidden_state: (B, T, d_model) after the final norm.
+        pooler_output: (B, d_model) pooled representation (encoders).
+        hidden_states: each layer's input, then the final output, when asked for.
+        cache: the KV cache, updated, when one was passed in.
+    """
+
+    logits: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    cache: object | None = None
