@@ -9,6 +9,7 @@ zoo.save_pretrained(model, "out/", format="hf")
 
 from zoo.hub import from_pretrained, save_pretrained
 from zoo.registry import create_model, get_variant, list_models
+from zoo.tokenizer import load_tokenizer
 
-__all__ = ["create_model", "from_pretrained", "get_variant", "list_models", "save_pretrained"]
+__all__ = ["create_model", "from_pretrained", "get_variant", "list_models", "load_tokenizer", "save_pretrained"]
 __version__ = "0.1.0"

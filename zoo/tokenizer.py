@@ -1,0 +1,117 @@
+"""Tokenizers: a thin layer over the `tokenizers` library, plus chat templates.
+
+``load_tokenizer(path)`` reads a checkpoint directory's tokenizer.json (and the special tokens
+and chat template of tokenizer_config.json), or a single-file format that registers a reader in
+``TOKENIZER_LOADERS`` (the GGUF reader builds one from the file's metadata).
+"""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from tokenizers import Tokenizer as _HFTokenizer
+
+TOKENIZER_LOADERS: dict[str, Callable[[Path], "Tokenizer"]] = {}
+
+
+class Tokenizer:
+    """Text <-> token ids, with the special tokens and chat template a checkpoint names.
+
+    Args:
+        tokenizer: a ``tokenizers.Tokenizer``.
+        bos_token, eos_token, pad_token: special tokens by text (None if the model has none).
+        chat_template: a Jinja template as in Hugging Face's tokenizer_config.json.
+    """
+
+    def __init__(
+        self,
+        tokenizer: _HFTokenizer,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        pad_token: str | None = None,
+        chat_template: str | None = None,
+    ):
+        self.backend = tokenizer
+        self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
+        self.chat_template = chat_template
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self.backend.token_to_id(token)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._id(self.bos_token)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._id(self.eos_token)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self._id(self.pad_token)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Render ``messages`` ([{"role": ..., "content": ...}]) with the model's chat template."""
+        if not self.chat_template:
+            raise ValueError("chat_template: this tokenizer has no chat template; pass plain text instead")
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        # Sandboxed, as transformers renders templates: a template comes from a checkpoint.
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = _raise_template_error
+        return env.from_string(self.chat_template).render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token or "",
+            eos_token=self.eos_token or "",
+        )
+
+
+def _raise_template_error(message: str) -> None:
+    raise ValueError(f"chat_template: {message}")
+
+
+def _token_text(value) -> str | None:
+    if isinstance(value, dict):  # {"content": "<s>", ...} in older tokenizer_config.json files
+        return value.get("content")
+    return value
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of a checkpoint directory (tokenizer.json) or single file (e.g. ``.gguf``)."""
+    path = Path(path)
+    if path.is_file():
+        loader = TOKENIZER_LOADERS.get(path.suffix.lower())
+        if loader is None:
+            import zoo.families  # noqa: F401  (families register their file formats)
+
+            loader = TOKENIZER_LOADERS.get(path.suffix.lower())
+        if loader is None:
+            raise ValueError(f"{path}: no tokenizer reader for {path.suffix or 'files without suffix'} files")
+        return loader(path)
+    file = path / "tokenizer.json"
+    if not file.exists():
+        raise ValueError(f"{path}: no tokenizer.json in this directory")
+    config = {}
+    if (path / "tokenizer_config.json").exists():
+        config = json.loads((path / "tokenizer_config.json").read_text())
+    template = config.get("chat_template")
+    if template is None and (path / "chat_template.jinja").exists():
+        template = (path / "chat_template.jinja").read_text()
+    return Tokenizer(
+        _HFTokenizer.from_file(str(file)),
+        bos_token=_token_text(config.get("bos_token")),
+        eos_token=_token_text(config.get("eos_token")),
+        pad_token=_token_text(config.get("pad_token")),
+        chat_template=template,
+    )
