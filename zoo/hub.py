@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zoo.convert.engine import convert_state_dict, invert_rules
+from zoo.convert.engine import convert_state_dict, identity_rules, invert_rules
 from zoo.registry import FAMILIES, Family, _load_families
 
 ZOO_CONFIG = "zoo.json"
@@ -46,7 +46,10 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint directory: single or sharded safetensors, or pytorch_model.bin."""
     index = directory / "model.safetensors.index.json"
     if index.exists():
-        shards = sorted(set(read_json(index)["weight_map"].values()))
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: no weight_map (key -> shard file) in the index")
+        shards = sorted(set(weight_map.values()))
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
             state.update(_load_safetensors(directory / shard))
@@ -137,12 +140,18 @@ def from_pretrained(
         if family is None:
             raise CheckpointError(f"{path / ZOO_CONFIG}: unknown family {meta.get('family')!r}")
         model = family.model_class(task or meta.get("task"))(family.config_cls.from_dict(meta["config"]))
-        load_converted(model, read_weights(path), [], source_name=str(path))
+        state = read_weights(path)
+        load_converted(model, state, identity_rules(state), source_name=str(path))
     elif (path / "config.json").exists():
         hf_config = read_json(path / "config.json")
         family = detect_family(hf_config, path)
         task = task_from_hf(family, hf_config, task)
-        config = family.config_from_hf(hf_config)
+        try:
+            config = family.config_from_hf(hf_config)
+        except KeyError as err:
+            raise CheckpointError(
+                f"{path / 'config.json'}: no {err.args[0]!r} field, which a {family.name} config needs"
+            ) from err
         model = family.model_class(task)(config)
         load_converted(model, read_weights(path), family.rules(config, task), source_name=str(path))
     else:
@@ -154,6 +163,18 @@ def from_pretrained(
     return model.eval()
 
 
+_CHECKPOINT_FILES = (
+    ZOO_CONFIG,
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*-of-*.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "pytorch_model-*-of-*.bin",
+)
+
+
 def _atomic_directory_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write into a temporary sibling directory, then move each file into place with os.replace,
     so a failed or interrupted save never leaves a half-written file where a good one was."""
@@ -161,8 +182,15 @@ def _atomic_directory_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".zoo-save-", dir=path))
     try:
         write(tmp)
+        written = {item.name for item in tmp.iterdir()}
         for item in tmp.iterdir():
             os.replace(item, path / item.name)
+        # Checkpoint files of an earlier save that this one did not write would be read in its
+        # place (a shard index wins over model.safetensors, zoo.json over config.json): remove them.
+        for pattern in _CHECKPOINT_FILES:
+            for stale in path.glob(pattern):
+                if stale.name not in written:
+                    stale.unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

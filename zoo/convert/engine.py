@@ -92,6 +92,11 @@ def invert_rules(rules: Iterable[Rule]) -> list[Rule]:
     return [r.inverted() for r in rules if r.dst]
 
 
+def identity_rules(keys: Iterable[str]) -> list[Rule]:
+    """One rename-to-itself per key: a checkpoint already in zoo's layout, still checked strictly."""
+    return [rename(k, k) for k in keys]
+
+
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
@@ -127,7 +132,11 @@ def convert_state_dict(
     problems: list[str] = []
     for rule in rules:
         first = _pattern(rule.src[0])
-        for key in sorted(remaining):
+        # A template without placeholders names one key: look it up rather than scan, so
+        # identity rules over a whole state dict stay linear.
+        literal = not _PLACEHOLDER.search(rule.src[0])
+        candidates = [rule.src[0]] if literal else sorted(remaining)
+        for key in candidates:
             if key not in remaining:
                 continue
             m = first.fullmatch(key)

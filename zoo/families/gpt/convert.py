@@ -13,6 +13,12 @@ def config_from_hf(hf: dict) -> GPTConfig:
     act = hf.get("activation_function", "gelu_new")
     if act not in _ACT_FROM_HF:
         raise ConfigError(f"activation_function: GPT-2 checkpoint uses {act!r}, which zoo does not map")
+    # Switches of transformers' GPT-2 that change the arithmetic and that zoo's GPT does not have:
+    # refuse them rather than load a model that computes something else.
+    for key, default in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                         ("add_cross_attention", False)):  # fmt: skip
+        if hf.get(key, default) != default:
+            raise ConfigError(f"{key}: GPT-2 checkpoint sets {key}={hf[key]!r}; zoo's GPT supports only {default}")
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         max_seq_len=hf.get("n_positions", 1024),
@@ -55,13 +61,19 @@ def config_to_hf(c: GPTConfig, task: str) -> dict:
         "embd_pdrop": c.dropout,
         "attn_pdrop": c.dropout,
         "tie_word_embeddings": c.tie_embeddings,
-        "bos_token_id": 50256,
-        "eos_token_id": 50256,
+        # GPT-2 tokenizer's <|endoftext|>; a model with a smaller vocabulary has no such token.
+        "bos_token_id": 50256 if c.vocab_size > 50256 else None,
+        "eos_token_id": 50256 if c.vocab_size > 50256 else None,
     }
 
 
 def rules(c: GPTConfig, task: str) -> list[Rule]:
-    p = "transformer."
+    # GPT2LMHeadModel saves its trunk under "transformer."; checkpoints saved from the bare
+    # GPT2Model (openai-community/gpt2 itself) have no prefix. Read both; export the first.
+    return _rules(c, "transformer.") + _rules(c, "", head=False)
+
+
+def _rules(c: GPTConfig, p: str, head: bool = True) -> list[Rule]:
     h = f"{p}h.{{i}}"
     kv = (c.n_kv_heads or c.n_heads) * c.head_dim
     qkv = ("layers.{i}.attn.q_proj", "layers.{i}.attn.k_proj", "layers.{i}.attn.v_proj")
@@ -86,5 +98,6 @@ def rules(c: GPTConfig, task: str) -> list[Rule]:
     for n in ("1", "2"):
         out += [rename(f"{h}.ln_{n}.{w}", f"layers.{{i}}.norm{n}.{w}") for w in ("weight", "bias")]
     # Tied checkpoints may still carry lm_head.weight, a copy of wte.
-    out.append(drop("lm_head.weight") if c.tie_embeddings else rename("lm_head.weight", "lm_head.weight"))
+    if head:
+        out.append(drop("lm_head.weight") if c.tie_embeddings else rename("lm_head.weight", "lm_head.weight"))
     return out
