@@ -1,0 +1,401 @@
+"""Typed recipe configs: dataclasses loaded from YAML, with ``key=value`` overrides on dotted keys.
+
+Every value is checked against its field's type before anything is built, and every error
+names the dotted key (``train.lr: expected a number, got 'fast' (str)``); an unknown key gets
+the close matches (``train.lrr: unknown key; did you mean train.lr?``).
+"""
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe is wrong; the message starts with the dotted key."""
+
+
+def _choices(*values: str, default: str) -> Any:
+    return field(default=default, metadata={"choices": values})
+
+
+@dataclass
+class TrainConfig:
+    """The ``train:`` section: everything the training loop does.
+
+    Attributes:
+        steps: optimizer steps.
+        batch_size: examples per optimizer step, over all processes together.
+        micro_batch_size: examples per forward/backward on one process; smaller than the
+            per-process batch means gradient accumulation (None: the whole per-process batch).
+        lr: peak learning rate.
+        schedule: ``cosine`` (warmup then cosine decay), ``linear`` (warmup then linear decay) or ``constant``.
+        warmup_steps: linear warmup from 0 to ``lr``.
+        min_lr_ratio: where cosine and linear decay end, as a fraction of ``lr``.
+        weight_decay: AdamW decay on matrices; norms, biases and embeddings get none.
+        beta1, beta2, eps: AdamW's.
+        grad_clip: clip the global gradient norm to this (None: measure it, never clip).
+        precision: ``fp32``, ``bf16`` (autocast, CPU or GPU) or ``fp16`` (autocast + GradScaler, GPU only).
+        activation_checkpointing: recompute each layer's activations in backward.
+        compile: run the model through ``torch.compile``.
+        compile_backend: torch.compile's backend (``inductor``; ``aot_eager`` to debug).
+        strategy: under torchrun: ``ddp`` (replicated) or ``fsdp`` (FSDP2 ``fully_shard``, sharded).
+        device: ``auto`` (CUDA if there is one), ``cpu`` or ``cuda``.
+        seed: seeds model init, data order and dropout.
+        log_every: steps between progress/metrics rows.
+        eval_every: steps between evaluations on the eval split (None: only at the end).
+        save_every: steps between checkpoints (None: only at the end and on interruption).
+        keep_checkpoints: how many recent checkpoints to keep.
+        resume: continue from the newest checkpoint in the run directory if there is one;
+            ``false`` starts fresh and deletes that directory's old checkpoints and metrics.
+        debug: shape trace of the first batch, NaN/Inf check after every module, per-parameter
+            gradient norms at every log step, autograd anomaly detection.
+        progress: ``tqdm`` (a progress bar) or ``none``.
+        tensorboard: also write TensorBoard event files.
+    """
+
+    steps: int = 100
+    batch_size: int = 8
+    micro_batch_size: int | None = None
+    lr: float = 3e-4
+    schedule: str = _choices("cosine", "linear", "constant", default="cosine")
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0
+    precision: str = _choices("fp32", "bf16", "fp16", default="fp32")
+    activation_checkpointing: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+    strategy: str = _choices("ddp", "fsdp", default="ddp")
+    device: str = _choices("auto", "cpu", "cuda", default="auto")
+    seed: int = 0
+    log_every: int = 1
+    eval_every: int | None = None
+    save_every: int | None = None
+    keep_checkpoints: int = 2
+    resume: bool = True
+    debug: bool = False
+    progress: str = _choices("tqdm", "none", default="tqdm")
+    tensorboard: bool = True
+
+    def check(self, prefix: str = "train") -> None:
+        for name in ("steps", "batch_size", "micro_batch_size", "log_every", "eval_every", "save_every",
+                     "keep_checkpoints"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise RecipeError(f"{prefix}.{name}: must be at least 1, got {value}")
+        if self.warmup_steps < 0:
+            raise RecipeError(f"{prefix}.warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if self.lr <= 0:
+            raise RecipeError(f"{prefix}.lr: must be positive, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise RecipeError(f"{prefix}.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise RecipeError(f"{prefix}.grad_clip: must be positive (or null for no clipping), got {self.grad_clip}")
+
+
+@dataclass
+class ModelSection:
+    """The ``model:`` section.
+
+    Attributes:
+        name: a registered variant (``zoo list``), built with random weights and ``overrides``.
+        path: or a checkpoint: a directory, a ``.gguf`` file, or ``pkg://package/file`` for a
+            file shipped inside an installed Python package.
+        overrides: config fields for ``name`` (``n_layers: 2``).
+        task: which head (default: the variant's or checkpoint's).
+        dtype: load the weights in this dtype (``float32`` or ``bfloat16``).
+    """
+
+    name: str | None = None
+    path: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    task: str | None = None
+    dtype: str = _choices("float32", "bfloat16", default="float32")
+
+
+@dataclass
+class DataSection:
+    """The ``data:`` section.
+
+    Attributes:
+        format: ``text`` (plain text, cut into ``max_len`` blocks), ``chat`` (JSONL of
+            ``{"messages": [...]}`` or ``{"prompt", "response"}``, rendered with the chat template,
+            loss on the last answer only), ``text_label`` (TSV: text, tab, label), ``digits``
+            (scikit-learn's bundled 8x8 digits) or ``hf`` (a Hugging Face dataset by name).
+        train: the training file (text, chat, text_label).
+        eval: an evaluation file (default: ``eval_fraction`` of ``train`` is held out).
+        eval_fraction: held out of ``train`` when ``eval`` is not given.
+        max_len: tokens per example (longer ones are cut).
+        hf_name, hf_config, hf_split: the dataset for ``format: hf``.
+        text_field, label_field: its columns (a label column makes it classification data).
+        system: a system message put before each chat example.
+        image_size: digits are upscaled to this size (the model's image size).
+        max_examples: use at most this many training examples.
+    """
+
+    format: str = _choices("text", "chat", "text_label", "digits", "hf", default="text")
+    train: str | None = None
+    eval: str | None = None
+    eval_fraction: float = 0.1
+    max_len: int = 128
+    hf_name: str | None = None
+    hf_config: str | None = None
+    hf_split: str = "train"
+    text_field: str = "text"
+    label_field: str | None = None
+    system: str | None = None
+    image_size: int = 32
+    max_examples: int | None = None
+
+
+@dataclass
+class LoraSection:
+    """The ``lora:`` section (see ``zoo.lora``).
+
+    Attributes:
+        enabled: freeze the model and train low-rank adapters instead.
+        r: adapter rank.
+        alpha: scale numerator; the update is ``(alpha / r) * B @ A``.
+        dropout: dropout on the adapter's input.
+        targets: module names (suffixes or globs) to adapt; the shared names work in every family.
+        train_also: parameter names (globs) that stay trainable, e.g. a new classifier head.
+        save_merged: also export the merged model at the end.
+    """
+
+    enabled: bool = False
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj"])
+    train_also: list[str] = field(default_factory=list)
+    save_merged: bool = False
+
+
+@dataclass
+class SampleSection:
+    """The ``sample:`` section: what the recipe shows before and after training.
+
+    Attributes:
+        prompts: generate from these (causal LM); chat recipes wrap them in the chat template.
+        max_new_tokens: length of each sample.
+        eval_examples: score this many held-out examples before and after (exact-match
+            answers for chat, accuracy for classifiers).
+    """
+
+    prompts: list[str] = field(default_factory=list)
+    max_new_tokens: int = 32
+    eval_examples: int = 32
+
+
+@dataclass
+class Recipe:
+    """A whole recipe: ``zoo finetune RECIPE.yaml key=value ...``.
+
+    Attributes:
+        out_dir: the run directory (checkpoints, metrics.csv, loss.png, TensorBoard, debug).
+        tokenizer: a tokenizer path (checkpoint directory, ``.gguf``, ``pkg://``), ``bpe:N``
+            to train an N-token byte-level BPE on the training text, or None for the model path's.
+    """
+
+    out_dir: str = "runs/default"
+    model: ModelSection = field(default_factory=ModelSection)
+    tokenizer: str | None = None
+    data: DataSection = field(default_factory=DataSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleSection = field(default_factory=SampleSection)
+
+    def check(self) -> None:
+        """Cross-field checks, and data files exist; raises RecipeError naming the key."""
+        if (self.model.name is None) == (self.model.path is None):
+            raise RecipeError("model: give exactly one of model.name (a registered variant) or model.path")
+        if self.model.path is not None and self.model.overrides:
+            raise RecipeError("model.overrides: only for model.name; a checkpoint's config comes with it")
+        self.train.check()
+        if self.data.max_len < 2:
+            raise RecipeError(f"data.max_len: must be at least 2, got {self.data.max_len}")
+        if not 0.0 <= self.data.eval_fraction < 1.0:
+            raise RecipeError(f"data.eval_fraction: must be in [0, 1), got {self.data.eval_fraction}")
+        needs_file = self.data.format in ("text", "chat", "text_label")
+        if needs_file and self.data.train is None:
+            raise RecipeError(f"data.train: format {self.data.format!r} needs a training file")
+        if self.data.format == "hf" and not self.data.hf_name:
+            raise RecipeError("data.hf_name: format 'hf' needs a dataset name")
+        for key in ("train", "eval"):
+            value = getattr(self.data, key)
+            if value is not None and needs_file and not resolve_path(value).is_file():
+                raise RecipeError(f"data.{key}: file {value!r} does not exist")
+        if self.model.path is not None and not resolve_path(self.model.path).exists():
+            raise RecipeError(f"model.path: {self.model.path!r} does not exist")
+        if self.lora.enabled and self.lora.r < 1:
+            raise RecipeError(f"lora.r: must be at least 1, got {self.lora.r}")
+
+
+def resolve_path(value: str, base_dir: Path | None = None) -> Path:
+    """A recipe path: ``pkg://package/file`` inside an installed package, else a file path
+    (relative paths are tried from the working directory, then beside the recipe)."""
+    if value.startswith("pkg://"):
+        import importlib.util
+
+        package, _, rest = value[len("pkg://") :].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise RecipeError(f"{value}: no installed package {package!r} (pip install it)")
+        return Path(spec.submodule_search_locations[0]) / rest
+    path = Path(value)
+    if not path.is_absolute() and not path.exists() and base_dir is not None and (base_dir / path).exists():
+        return base_dir / path
+    return path
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def _type_name(tp) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (int -> float, '1e-3' -> 0.001)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except RecipeError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):  # a single name where a list is expected: key=name on the command line
+            value = [value]
+        if not isinstance(value, list):
+            raise RecipeError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{key}: expected a mapping (key: value), got {value!r} ({type(value).__name__})")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise RecipeError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise RecipeError(f"{prefix or 'recipe'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=3, cutoff=0.6)
+            where = f"{prefix}." if prefix else ""
+            hint = f"; did you mean {', '.join(where + c for c in close)}?" if close else f"; keys: {', '.join(fields)}"
+            raise RecipeError(f"{dotted}: unknown key{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, dotted)
+            continue
+        value = _coerce(value, tp, dotted)
+        choices = fields[key].metadata.get("choices")
+        if choices and value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RecipeError(f"{dotted}: unknown value {value!r}{hint}; choose one of {', '.join(choices)}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"{dotted}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``["train.lr=1e-3", "lora.enabled=true"]`` -> [(key, value)]; values are read as YAML."""
+    out = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"{item}: overrides are key=value with a dotted key, e.g. train.lr=1e-3")
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            value = text
+        out.append((key.strip(), value))
+    return out
+
+
+def recipe_from_dict(data: dict, overrides: list[str] | None = None, base_dir: Path | None = None) -> Recipe:
+    """Build and check a Recipe from a dict plus ``key=value`` overrides."""
+    data = dict(data or {})
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(data, key, value)
+    recipe = _build(Recipe, data, "")
+    if base_dir is not None:  # paths written relative to the recipe file
+        for section, key in (("data", "train"), ("data", "eval"), ("model", "path"), (None, "tokenizer")):
+            owner = getattr(recipe, section) if section else recipe
+            value = getattr(owner, key)
+            if value and not value.startswith("pkg://"):
+                setattr(owner, key, str(resolve_path(value, base_dir)))
+    recipe.check()
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe YAML file, apply overrides, check everything (files included)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such recipe file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML ({err})") from err
+    return recipe_from_dict(data, overrides, base_dir=path.parent)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)

@@ -1,0 +1,272 @@
+"""Training data: examples, padding, the order each step draws them in, and the task's loss.
+
+An example is a dict of unpadded tensors (``input_ids`` and ``labels`` for a causal LM,
+``input_ids`` or ``pixel_values`` plus ``label`` for classifiers). ``collate`` pads a list of
+them into a batch. ``StepSampler`` says which examples optimizer step ``s`` uses, as a pure
+function of the number of examples consumed, so a resumed run draws exactly what the
+uninterrupted run would have drawn.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+IGNORE = -100  # label value the loss skips: prompt tokens, padding
+
+
+# --- batching ------------------------------------------------------------------------------
+
+
+def collate(examples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad token sequences on the right to the longest one; stack everything else.
+
+    ``input_ids`` -> (B, T) padded with ``pad_id``, plus ``attention_mask`` (B, T) of 1/0;
+    ``labels`` -> (B, T) padded with -100; ``label`` -> (B,); ``pixel_values`` -> (B, C, H, W).
+    """
+    batch: dict[str, torch.Tensor] = {}
+    if "input_ids" in examples[0]:
+        T = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(examples), T), dtype=torch.long)
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            ids[i, :n], mask[i, :n] = e["input_ids"], 1
+        batch["input_ids"], batch["attention_mask"] = ids, mask
+        if "labels" in examples[0]:
+            labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
+            for i, e in enumerate(examples):
+                labels[i, : len(e["labels"])] = e["labels"]
+            batch["labels"] = labels
+    if "pixel_values" in examples[0]:
+        batch["pixel_values"] = torch.stack([e["pixel_values"] for e in examples])
+    if "label" in examples[0]:
+        batch["label"] = torch.tensor([int(e["label"]) for e in examples], dtype=torch.long)
+    return batch
+
+
+class StepSampler:
+    """The examples of each optimizer step: a seeded permutation per epoch, read in order.
+
+    Args:
+        n: dataset size.
+        batch_size: examples per optimizer step (all processes together).
+        seed: permutation seed; epoch e uses ``seed + e``.
+        shuffle: False reads the data in file order.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True):
+        if n < 1:
+            raise ValueError("data: the training set is empty")
+        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed + epoch)
+                self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
+            else:
+                self._perms = {epoch: list(range(self.n))}
+        return self._perms[epoch]
+
+    def batch(self, samples_seen: int) -> list[int]:
+        """The global batch that starts after ``samples_seen`` examples (it may cross an epoch)."""
+        out = []
+        for pos in range(samples_seen, samples_seen + self.batch_size):
+            out.append(self._perm(pos // self.n)[pos % self.n])
+        return out
+
+    def position(self, samples_seen: int) -> dict:
+        return {"samples_seen": samples_seen, "epoch": samples_seen // self.n, "offset": samples_seen % self.n}
+
+
+def split_for_rank(indices: list[int], rank: int, world: int, micro_batch_size: int | None) -> list[list[int]]:
+    """This process's share of a global batch, cut into micro-batches (the last may be smaller)."""
+    if len(indices) % world:
+        raise ValueError(f"batch_size: {len(indices)} examples do not split evenly over {world} processes")
+    per = len(indices) // world
+    mine = indices[rank * per : (rank + 1) * per]
+    size = micro_batch_size or per
+    return [mine[i : i + size] for i in range(0, per, size)]
+
+
+# --- tasks: how a batch becomes a loss -----------------------------------------------------
+
+
+class CausalLMTask:
+    """Next-token prediction; the loss is summed over real target tokens, so the trainer can
+    divide by the number of targets in the whole accumulated (and distributed) batch."""
+
+    name = "causal_lm"
+
+    def inputs(self, batch: dict) -> dict:
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def targets(self, batch: dict) -> int:
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+    def loss_sum(self, output, batch: dict) -> torch.Tensor:
+        logits = output.logits[:, :-1]  # (B, T-1, vocab): position t predicts token t+1
+        labels = batch["labels"][:, 1:]
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+
+    def correct(self, output, batch: dict) -> int:
+        labels = batch["labels"][:, 1:]
+        hit = (output.logits[:, :-1].argmax(-1) == labels) & (labels != IGNORE)
+        return int(hit.sum())
+
+
+class ClassificationTask:
+    """One label per example (sequence or image classification); logits (B, n_classes)."""
+
+    name = "classification"
+
+    def inputs(self, batch: dict) -> dict:
+        if "pixel_values" in batch:
+            return {"pixel_values": batch["pixel_values"]}
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def targets(self, batch: dict) -> int:
+        return len(batch["label"])
+
+    def loss_sum(self, output, batch: dict) -> torch.Tensor:
+        return F.cross_entropy(output.logits.float(), batch["label"], reduction="sum")
+
+    def correct(self, output, batch: dict) -> int:
+        return int((output.logits.argmax(-1) == batch["label"]).sum())
+
+
+# --- datasets ------------------------------------------------------------------------------
+
+
+def text_examples(tokenizer, texts: list[str], max_len: int) -> list[dict]:
+    """Documents joined with the end-of-text token, cut into ``max_len``-token blocks."""
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for text in texts:
+        ids += tokenizer.encode(text, add_special_tokens=False)
+        if eos is not None:
+            ids.append(eos)
+    out = []
+    for start in range(0, len(ids), max_len):
+        block = torch.tensor(ids[start : start + max_len], dtype=torch.long)
+        if len(block) >= 2:
+            out.append({"input_ids": block, "labels": block.clone()})
+    return out
+
+
+def read_text_file(path: str | Path) -> list[str]:
+    """Paragraphs (blank-line separated) of a plain text file."""
+    text = Path(path).read_text(encoding="utf-8")
+    return [p.strip() for p in text.split("\n\n") if p.strip()]
+
+
+def read_chat_file(path: str | Path, system: str | None = None) -> list[list[dict]]:
+    """JSONL of ``{"messages": [{"role", "content"}, ...]}`` or ``{"prompt": ..., "response": ...}``."""
+    conversations = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from err
+        if "messages" in row:
+            messages = list(row["messages"])
+        elif "prompt" in row and "response" in row:
+            messages = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
+        else:
+            raise ValueError(f"{path}:{lineno}: expected a 'messages' list or 'prompt' and 'response' keys")
+        if not messages or messages[-1].get("role") != "assistant":
+            raise ValueError(f"{path}:{lineno}: the last message must be the assistant's answer (the one learned)")
+        if system and messages[0].get("role") != "system":
+            messages = [{"role": "system", "content": system}, *messages]
+        conversations.append(messages)
+    return conversations
+
+
+def chat_example(tokenizer, messages: list[dict], max_len: int) -> dict:
+    """Render with the chat template; labels are -100 on the prompt, so only the answer is learned.
+
+    The prompt (everything up to the assistant's turn, with the generation prompt) is
+    tokenized on its own and the answer appended, which is exactly what the model sees when
+    it generates from that prompt.
+    """
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages, add_generation_prompt=False)
+    if not full.startswith(prompt):
+        raise ValueError(
+            "chat_template: the rendered conversation does not start with the rendered prompt, so the "
+            "prompt cannot be masked; this template re-renders earlier turns"
+        )
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    answer_ids = tokenizer.encode(full[len(prompt) :], add_special_tokens=False)
+    ids = (prompt_ids + answer_ids)[:max_len]
+    labels = ([IGNORE] * len(prompt_ids) + answer_ids)[:max_len]
+    return {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
+
+
+def read_text_label_file(path: str | Path) -> list[tuple[str, str]]:
+    """TSV: ``text<TAB>label`` per line."""
+    rows = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        text, sep, label = line.rpartition("\t")
+        if not sep or not text.strip() or not label.strip():
+            raise ValueError(f"{path}:{lineno}: expected 'text<TAB>label', got {line[:60]!r}")
+        rows.append((text.strip(), label.strip()))
+    return rows
+
+
+def classification_examples(tokenizer, rows: list[tuple[str, int]], max_len: int) -> list[dict]:
+    out = []
+    for text, label in rows:
+        ids = tokenizer.encode(text)[:max_len]
+        out.append({"input_ids": torch.tensor(ids, dtype=torch.long), "label": label})
+    return out
+
+
+def digits_examples(image_size: int, channels: int = 3) -> list[dict]:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download), scaled to
+    ``image_size`` and normalised to [-1, 1]."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
+    images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    images = (images * 2 - 1).expand(-1, channels, -1, -1).contiguous()  # (N, C, S, S)
+    return [{"pixel_values": img, "label": int(y)} for img, y in zip(images, digits.target, strict=True)]
+
+
+def train_bpe_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE trained on ``texts`` (for models trained from scratch on your own text)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from zoo.tokenizer import Tokenizer
+
+    eos = "<|endoftext|>"
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[eos],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return Tokenizer(tok, eos_token=eos, pad_token=eos)
+
+
+def save_tokenizer(tokenizer, directory: Path) -> None:
+    """tokenizer.json + tokenizer_config.json, readable by ``zoo.load_tokenizer``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.backend.save(str(directory / "tokenizer.json"))
+    config = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token}
+    if tokenizer.chat_template:
+        config["chat_template"] = tokenizer.chat_template
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
