@@ -5,11 +5,21 @@ zoo.list_models("gpt2*")
 model = zoo.create_model("gpt2", n_layers=2, norm="rmsnorm", mlp="swiglu")
 model = zoo.from_pretrained("path/to/hf-checkpoint")
 zoo.save_pretrained(model, "out/", format="hf")
+zoo.generate(model, input_ids, max_new_tokens=20)
 """
 
+from zoo.generation import generate
 from zoo.hub import from_pretrained, save_pretrained
 from zoo.registry import create_model, get_variant, list_models
 from zoo.tokenizer import load_tokenizer
 
-__all__ = ["create_model", "from_pretrained", "get_variant", "list_models", "load_tokenizer", "save_pretrained"]
+__all__ = [
+    "create_model",
+    "from_pretrained",
+    "generate",
+    "get_variant",
+    "list_models",
+    "load_tokenizer",
+    "save_pretrained",
+]
 __version__ = "0.1.0"

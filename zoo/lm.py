@@ -61,6 +61,12 @@ class CausalLM(ZooModel):
         """Auxiliary training loss gathered after a forward (MoE families override)."""
         return None
 
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options) -> torch.Tensor:
+        """Continue the prompts: greedy, sampling or beam search; see ``zoo.generation.generate``."""
+        from zoo.generation import generate
+
+        return generate(self, input_ids, attention_mask, **options)
+
     def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache sized for this model (rolling when the model has a sliding window)."""
         attn = self.layers[0].attn
@@ -83,6 +89,7 @@ class CausalLM(ZooModel):
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         output_hidden_states: bool = False,
+        logits_to_keep: int = 0,
     ) -> ModelOutput:
         """Run the LM.
 
@@ -93,6 +100,8 @@ class CausalLM(ZooModel):
             position_ids: (B, T); default counts real tokens only (see ``positions_from_mask``).
             cache: a ``KVCache`` from ``new_cache``; updated in place.
             output_hidden_states: return every layer's input and the final hidden state.
+            logits_to_keep: if > 0, compute logits for the last this many positions only
+                (generation needs the last one; the vocab projection is the largest matmul).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids: expected shape (batch, seq), got {tuple(input_ids.shape)}")
@@ -133,7 +142,8 @@ class CausalLM(ZooModel):
             self.layers, x, checkpointing=self.gradient_checkpointing, states=states, mask=mask, rope=rope, cache=cache
         )
         x = self.norm(x)
-        logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.embed.weight)  # (B, T, vocab)
+        h = x[:, -logits_to_keep:] if logits_to_keep > 0 else x
+        logits = self.lm_head(h) if self.lm_head is not None else F.linear(h, self.embed.weight)  # (B, T, vocab)
 
         full_mask = attention_mask
         aux = self.aux_loss(full_mask[:, past:] if full_mask is not None else None)
