@@ -85,8 +85,17 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if rotary_dim % 2:
             raise ValueError(f"rotary_dim: must be even, got {rotary_dim}")
-        self.rotary_dim = rotary_dim
+        self.rotary_dim, self.theta, self.scaling = rotary_dim, theta, scaling
         self.register_buffer("inv_freq", rope_inv_freq(rotary_dim, theta, scaling), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # Casting the model to bf16/fp16 must not round the frequencies: position x rounded
+        # frequency drifts by whole radians at long context. The buffer follows the device only.
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32:
+            exact = rope_inv_freq(self.rotary_dim, self.theta, self.scaling)
+            self.inv_freq = exact.to(self.inv_freq.device)
+        return self
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (B, T) -> cos, sin, each (B, 1, T, rotary_dim), ready to broadcast over heads."""

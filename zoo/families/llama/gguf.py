@@ -1,0 +1,316 @@
+"""Reading llama-architecture GGUF files (llama.cpp's single-file format): config, weights, tokenizer.
+
+A GGUF holds metadata (``llama.embedding_length``, ``tokenizer.ggml.tokens``, ...) and tensors
+under llama.cpp's names, many of them block-quantized. ``load_gguf`` maps the metadata into a
+``LlamaConfig``, dequantizes every tensor to fp32 with the ``gguf`` package, and converts the
+names with the same rule engine as Hugging Face checkpoints. Two layout differences matter:
+
+- llama.cpp's converter reorders the rows of ``attn_q``/``attn_k`` so that each head's rotary
+  pairs are interleaved ((x0, x1), (x2, x3), ...), where LLaMA's Hugging Face layout, and
+  zoo's ``apply_rope``, pair channel i with channel i + head_dim / 2. The rules undo that.
+- GGUF lists tensor dimensions fastest-varying first, the reverse of torch's order.
+
+``load_gguf_tokenizer`` builds a ``tokenizers`` byte-level BPE from the vocabulary and merges
+in the metadata (the ``gpt2`` tokenizer kind: SmolLM2, Llama 3, ...), with the pre-tokenizer that
+``tokenizer.ggml.pre`` names, the special tokens, and the chat template.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType, GGUFReader, quants
+from tokenizers import AddedToken, Regex, decoders, pre_tokenizers, processors
+from tokenizers import Tokenizer as BackendTokenizer
+from tokenizers.models import BPE
+
+from zoo.config import ConfigError
+from zoo.convert import Rule, drop, permute, rename
+from zoo.families.llama.config import LlamaConfig
+from zoo.families.llama.model import Llama
+from zoo.hub import CheckpointError, load_converted
+from zoo.tokenizer import Tokenizer
+
+ARCHITECTURES = ("llama",)  # llama.cpp writes LLaMA, Mistral, Mixtral and SmolLM2 files as "llama"
+_REQUIRED = object()
+
+
+def open_gguf(path: str | Path) -> GGUFReader:
+    """Parse a GGUF file's header, metadata and tensor table (the tensor data stays memory-mapped)."""
+    try:
+        return GGUFReader(str(path))
+    except Exception as err:  # the reader fails with whatever numpy or struct raise on a short or foreign file
+        raise CheckpointError(
+            f"{path}: not a readable GGUF file, truncated or corrupt? ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _meta(reader: GGUFReader, path: Path, key: str, default=_REQUIRED):
+    field = reader.fields.get(key)
+    if field is None:
+        if default is _REQUIRED:
+            raise CheckpointError(f"{path}: GGUF metadata has no {key!r}, which zoo needs to build the model")
+        return default
+    return field.contents()
+
+
+def _architecture(reader: GGUFReader, path: Path) -> str:
+    arch = _meta(reader, path, "general.architecture")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{path}: general.architecture is {arch!r}; zoo reads GGUF files of architecture "
+            f"{', '.join(ARCHITECTURES)} (LLaMA, Mistral, Mixtral, SmolLM2 and other llama-style models)"
+        )
+    return arch
+
+
+def _llama3_scaling(factors: torch.Tensor, head_dim: int, theta: float) -> dict:
+    """Recover Llama 3.1's ``rope_scaling`` from the per-frequency factors llama.cpp stores as
+    ``rope_freqs.weight``: the factors only say how much each frequency is slowed, so the
+    published parameters are tried and kept only if they reproduce every factor."""
+    from zoo.blocks.position import rope_inv_freq
+
+    base = rope_inv_freq(head_dim, theta)
+    if factors.shape != base.shape:
+        raise CheckpointError(f"rope_freqs.weight: shape {tuple(factors.shape)}, expected {tuple(base.shape)}")
+    if torch.allclose(factors, torch.ones_like(factors)):
+        return {}
+    factor = float(factors.max())
+    for original in (8192, 4096, 2048, 16384, 32768):
+        scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": original}  # fmt: skip
+        if torch.allclose(base / rope_inv_freq(head_dim, theta, scaling), factors, rtol=1e-4, atol=0):
+            return scaling
+    raise CheckpointError(
+        "rope_freqs.weight: these per-frequency RoPE factors match no Llama 3 rope_scaling "
+        "(low_freq_factor=1, high_freq_factor=4); zoo cannot express them"
+    )
+
+
+def config_from_gguf(reader: GGUFReader, path: Path) -> LlamaConfig:
+    """The model's config from the GGUF metadata (``llama.embedding_length`` etc.)."""
+    a = _architecture(reader, path) + "."
+    names = {t.name for t in reader.tensors}
+    d_model = int(_meta(reader, path, a + "embedding_length"))
+    n_heads = int(_meta(reader, path, a + "attention.head_count"))
+    n_kv_heads = _meta(reader, path, a + "attention.head_count_kv", n_heads)
+    if isinstance(n_kv_heads, list):
+        raise CheckpointError(f"{path}: {a}attention.head_count_kv differs per layer, which zoo's LLaMA cannot express")
+    head_dim = int(_meta(reader, path, a + "attention.key_length", d_model // n_heads))
+    rotary = int(_meta(reader, path, a + "rope.dimension_count", head_dim))
+    if rotary != head_dim:
+        raise CheckpointError(f"{path}: {a}rope.dimension_count={rotary} rotates part of each head of {head_dim}")
+    theta = float(_meta(reader, path, a + "rope.freq_base", 10000.0))
+    scaling = None
+    kind = _meta(reader, path, a + "rope.scaling.type", "none")
+    if kind == "linear":
+        scaling = {"rope_type": "linear", "factor": float(_meta(reader, path, a + "rope.scaling.factor"))}
+    elif kind != "none":
+        raise CheckpointError(f"{path}: {a}rope.scaling.type is {kind!r}; zoo reads 'linear' (or none)")
+    if "rope_freqs.weight" in names:
+        scaling = _llama3_scaling(_tensor(reader, "rope_freqs.weight", path), head_dim, theta) or scaling
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    vocab_size = len(tokens.data) if tokens is not None else _meta(reader, path, a + "vocab_size")
+    n_experts = _meta(reader, path, a + "expert_count", 0) or None
+    try:
+        return LlamaConfig(
+            vocab_size=int(vocab_size),
+            max_seq_len=int(_meta(reader, path, a + "context_length")),
+            d_model=d_model,
+            n_layers=int(_meta(reader, path, a + "block_count")),
+            n_heads=n_heads,
+            n_kv_heads=int(n_kv_heads),
+            head_dim=head_dim,
+            d_ff=int(_meta(reader, path, a + "feed_forward_length")),
+            norm_eps=float(_meta(reader, path, a + "attention.layer_norm_rms_epsilon")),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            tie_embeddings="output.weight" not in names,
+            attn_bias="blk.0.attn_q.bias" in names,
+            mlp_bias="blk.0.ffn_up.bias" in names,
+            n_experts=int(n_experts) if n_experts else None,
+            top_k=int(_meta(reader, path, a + "expert_used_count", 2)),
+        )
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: the GGUF metadata gives an invalid config: {err}") from err
+
+
+def _tensor(reader: GGUFReader, name: str, path: Path) -> torch.Tensor:
+    t = next(t for t in reader.tensors if t.name == name)
+    return _dequantize(t, path)
+
+
+def _dequantize(t, path: Path) -> torch.Tensor:
+    shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists the fastest-varying dimension first
+    qtype = GGMLQuantizationType(t.tensor_type)
+    try:
+        if qtype == GGMLQuantizationType.F64:
+            data = np.asarray(t.data, dtype=np.float64)
+        else:
+            data = quants.dequantize(t.data, qtype)
+    except NotImplementedError as err:
+        raise CheckpointError(
+            f"{path}: tensor {t.name} {shape} is stored as {qtype.name}, which zoo cannot dequantize; it reads "
+            "F32, F16, BF16, F64 and the block quantizations the gguf package decodes (Q4_0, Q4_1, Q5_0, Q5_1, "
+            "Q8_0, the K-quants, the IQ types)"
+        ) from err
+    if data.size != int(np.prod(shape)):
+        raise CheckpointError(f"{path}: tensor {t.name} holds {data.size} values, its shape {shape} needs more")
+    return torch.from_numpy(np.array(data, dtype=np.float32).reshape(shape))  # a copy: the file stays read-only
+
+
+def gguf_state_dict(reader: GGUFReader, path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor, dequantized to fp32, under its GGUF name."""
+    return {t.name: _dequantize(t, path) for t in reader.tensors}
+
+
+def _rope_rows(n_heads: int):
+    """(llama.cpp's interleaved rotary rows -> half-split rows, and back), per head, for a weight or bias."""
+
+    def from_gguf(w: torch.Tensor) -> torch.Tensor:
+        return w.reshape(n_heads, -1, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)  # (H, 2, hd/2, ...)
+
+    def to_gguf(w: torch.Tensor) -> torch.Tensor:
+        return w.reshape(n_heads, 2, -1, *w.shape[1:]).transpose(1, 2).reshape(w.shape)  # (H, hd/2, 2, ...)
+
+    return from_gguf, to_gguf
+
+
+def _stacked_experts(n_experts: int):
+    def fn(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+        if ts[0].dim() != 3 or ts[0].shape[0] != n_experts:
+            raise ValueError(f"expected ({n_experts} experts, ...), got shape {tuple(ts[0].shape)}")
+        return [e.contiguous() for e in ts[0]]
+
+    return fn, lambda ts: [torch.stack(ts)]
+
+
+def gguf_rules(c: LlamaConfig) -> list[Rule]:
+    """llama.cpp's tensor names -> zoo's (see llama.cpp's gguf-py ``tensor_mapping.py``)."""
+    b, z = "blk.{i}", "layers.{i}"
+    out = [
+        rename("token_embd.weight", "embed.weight"),
+        rename("output_norm.weight", "norm.weight"),
+        rename(f"{b}.attn_norm.weight", f"{z}.norm1.weight"),
+        rename(f"{b}.ffn_norm.weight", f"{z}.norm2.weight"),
+        # Consumed into rope_scaling by config_from_gguf.
+        drop("rope_freqs.weight"),
+    ]
+    if not c.tie_embeddings:
+        out.append(rename("output.weight", "lm_head.weight"))
+    params = ("weight", "bias") if c.attn_bias else ("weight",)
+    for p in params:
+        out.append(permute(f"{b}.attn_q.{p}", f"{z}.attn.q_proj.{p}", *_rope_rows(c.n_heads)))
+        out.append(permute(f"{b}.attn_k.{p}", f"{z}.attn.k_proj.{p}", *_rope_rows(c.kv_heads)))
+        out.append(rename(f"{b}.attn_v.{p}", f"{z}.attn.v_proj.{p}"))
+        out.append(rename(f"{b}.attn_output.{p}", f"{z}.attn.o_proj.{p}"))
+    if c.n_experts is None:
+        params = ("weight", "bias") if c.mlp_bias else ("weight",)
+        out += [rename(f"{b}.ffn_{n}.{p}", f"{z}.mlp.{n}.{p}") for n in ("gate", "up", "down") for p in params]
+    else:
+        out.append(rename(f"{b}.ffn_gate_inp.weight", f"{z}.mlp.router.weight"))
+        for n in ("gate", "up", "down"):
+            # Current files stack the experts in one 3-D tensor; older ones keep one tensor per expert.
+            dst = tuple(f"{z}.mlp.experts.{e}.{n}.weight" for e in range(c.n_experts))
+            out.append(Rule((f"{b}.ffn_{n}_exps.weight",), dst, *_stacked_experts(c.n_experts)))
+            out.append(rename(f"{b}.ffn_{n}.{{e}}.weight", f"{z}.mlp.experts.{{e}}.{n}.weight"))
+    return out
+
+
+def load_gguf(path: str | Path, task: str | None = None) -> Llama:
+    """A zoo model from a llama-architecture GGUF file, weights dequantized to fp32."""
+    path = Path(path)
+    reader = open_gguf(path)
+    config = config_from_gguf(reader, path)
+    if task not in (None, Llama.task):
+        raise ValueError(f"task: a GGUF file holds a causal LM; task {task!r} is not available")
+    model = Llama(config)
+    return load_converted(model, gguf_state_dict(reader, path), gguf_rules(config), source_name=str(path))
+
+
+# llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) -> how text is split before byte-level BPE,
+# from llama.cpp's llama-vocab.cpp.
+_GPT2_SPLIT = ("default", "gpt2", "mpt", "olmo", "jais")
+_DIGITS_THEN_GPT2 = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_LLAMA3 = ("llama3", "llama-bpe", "llama-v3", "smaug-bpe", "falcon3", "pixtral", "dbrx")
+_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types
+
+
+def _pre_tokenizer(pre: str, path: Path):
+    if pre in _GPT2_SPLIT:
+        return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre in _DIGITS_THEN_GPT2:
+        return pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
+    if pre in _LLAMA3:
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    known = ", ".join(_GPT2_SPLIT + _DIGITS_THEN_GPT2 + _LLAMA3)
+    raise CheckpointError(f"{path}: tokenizer.ggml.pre is {pre!r}, a pre-tokenizer zoo does not know; known: {known}")
+
+
+def load_gguf_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer embedded in a GGUF file (byte-level BPE, ``tokenizer.ggml.model == "gpt2"``)."""
+    path = Path(path)
+    reader = open_gguf(path)
+    kind = _meta(reader, path, "tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise CheckpointError(
+            f"{path}: tokenizer.ggml.model is {kind!r}; zoo builds GGUF tokenizers of kind 'gpt2' (byte-level BPE)"
+        )
+    tokens = _meta(reader, path, "tokenizer.ggml.tokens")
+    merges = [tuple(m.split(" ", 1)) for m in _meta(reader, path, "tokenizer.ggml.merges")]
+    types = _meta(reader, path, "tokenizer.ggml.token_type", [])
+    backend = BackendTokenizer(BPE({t: i for i, t in enumerate(tokens)}, merges, fuse_unk=False))
+    backend.pre_tokenizer = _pre_tokenizer(_meta(reader, path, "tokenizer.ggml.pre", "default"), path)
+    backend.decoder = decoders.ByteLevel()
+    # Control tokens (<|im_start|>) and user-defined ones are matched whole in the text, never split.
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t, k in zip(tokens, types, strict=False) if k == _CONTROL])  # fmt: skip
+    backend.add_tokens([AddedToken(t, special=False, normalized=False)
+                        for t, k in zip(tokens, types, strict=False) if k == _USER_DEFINED])  # fmt: skip
+
+    def special(key: str) -> int | None:
+        index = _meta(reader, path, f"tokenizer.ggml.{key}_token_id", None)
+        if index is not None and not 0 <= index < len(tokens):
+            raise CheckpointError(f"{path}: tokenizer.ggml.{key}_token_id={index} is outside the {len(tokens)} tokens")
+        return index
+
+    bos, eos, pad = special("bos"), special("eos"), special("padding")
+    # Which special tokens encode() adds around the text (SmolLM2 adds none; Llama 3 adds BOS).
+    wrap = {}
+    for key, index in (("bos", bos), ("eos", eos)):
+        if _meta(reader, path, f"tokenizer.ggml.add_{key}_token", False):
+            if index is None:
+                raise CheckpointError(f"{path}: tokenizer.ggml.add_{key}_token is set but there is no {key}_token_id")
+            wrap[key] = index
+    if wrap:
+
+        def template(seq: str, type_id: int) -> str:
+            parts = [f"{tokens[wrap['bos']]}:{type_id}"] if "bos" in wrap else []
+            parts.append(f"${seq}:{type_id}")
+            parts += [f"{tokens[wrap['eos']]}:{type_id}"] if "eos" in wrap else []
+            return " ".join(parts)
+
+        backend.post_processor = processors.TemplateProcessing(
+            single=template("A", 0),
+            pair=f"{template('A', 0)} {template('B', 1)}",
+            special_tokens=[(tokens[i], i) for i in set(wrap.values())],
+        )
+    name = lambda index: None if index is None else tokens[index]
+    return Tokenizer(
+        backend,
+        bos_token=name(bos),
+        eos_token=name(eos),
+        pad_token=name(pad),
+        chat_template=_meta(reader, path, "tokenizer.chat_template", None),
+    )
