@@ -86,7 +86,8 @@ def run_layers(
     for i, layer in enumerate(layers):
         if states is not None:
             states.append(x)
-        if checkpointing and torch.is_grad_enabled():
+        # Not with a cache: the recomputation in backward would append this step's keys twice.
+        if checkpointing and torch.is_grad_enabled() and kwargs.get("cache") is None:
             x = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False, layer_idx=i, **kwargs)
         else:
             x = layer(x, layer_idx=i, **kwargs)
