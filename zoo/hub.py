@@ -90,6 +90,8 @@ def task_from_hf(family: Family, hf_config: dict, task: str | None) -> str:
     for arch in hf_config.get("architectures") or []:
         if arch in family.hf_architectures:
             return family.hf_architectures[arch]
+    if family.task_from_config is not None and (found := family.task_from_config(hf_config)) is not None:
+        return found
     return next(iter(family.tasks))
 
 

@@ -25,6 +25,8 @@ class Family:
         config_to_hf: (Config, task) -> HF config dict.
         rules: (Config, task) -> conversion rules from the reference layout to zoo's.
         matches: optional extra detection on a config.json dict (formats without model_type).
+        task_from_config: optional config.json dict -> task (or None), for formats whose config
+            names no ``architectures`` (timm's says ``num_classes`` instead).
         reference: optional (path, task) -> the reference implementation's model, for parity.
         parity: optional hooks for ``zoo.parity`` (see there).
     """
@@ -38,6 +40,7 @@ class Family:
     config_to_hf: Callable[[Config, str], dict] | None = None
     rules: Callable[[Config, str], list] | None = None
     matches: Callable[[dict], bool] | None = None
+    task_from_config: Callable[[dict], str | None] | None = None
     reference: Any = None
     parity: Any = None
 

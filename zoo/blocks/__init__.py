@@ -2,7 +2,8 @@
 
 from zoo.blocks.attention import Attention
 from zoo.blocks.cache import KVCache
-from zoo.blocks.embeddings import check_token_ids
+from zoo.blocks.embeddings import PatchEmbedding, check_token_ids
+from zoo.blocks.heads import FirstTokenPooler
 from zoo.blocks.layers import TransformerLayer, run_layers
 from zoo.blocks.masks import attention_mask
 from zoo.blocks.mlp import MLP, get_activation, make_mlp
@@ -13,15 +14,18 @@ from zoo.blocks.position import (
     RelativePositionBias,
     RotaryEmbedding,
     apply_rope,
+    resize_position_grid,
     sinusoidal_table,
 )
 
 __all__ = [
     "MLP",
     "Attention",
+    "FirstTokenPooler",
     "KVCache",
     "LearnedPositions",
     "MoE",
+    "PatchEmbedding",
     "RMSNorm",
     "RelativePositionBias",
     "RotaryEmbedding",
@@ -33,6 +37,7 @@ __all__ = [
     "load_balancing_loss",
     "make_mlp",
     "make_norm",
+    "resize_position_grid",
     "router_z_loss",
     "run_layers",
     "sinusoidal_table",

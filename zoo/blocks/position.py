@@ -4,6 +4,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class LearnedPositions(nn.Module):
@@ -28,6 +29,36 @@ class LearnedPositions(nn.Module):
                 "learned positions; shorten the input"
             )
         return self.weight[positions]
+
+
+def resize_position_grid(
+    table: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], antialias: bool = True
+) -> torch.Tensor:
+    """Resample a 2-D grid of learned positions to another grid size, bicubically.
+
+    A vision transformer trained on one image size can then read another: the table is seen
+    as an image with ``d_model`` channels and resized, as timm's ``resample_abs_pos_embed``
+    does. timm resamples with ``antialias=True`` (a Keys kernel with a=-0.5, widened when
+    shrinking); transformers' ViT with plain bicubic (a=-0.75): the two differ, so callers pick.
+
+    Args:
+        table: (old_h * old_w, d_model) positions of the patches, row-major; no class token.
+        old_grid: (old_h, old_w) the table was trained for.
+        new_grid: (new_h, new_w) wanted.
+        antialias: timm's resampling (True) or transformers' (False).
+
+    Returns:
+        (new_h * new_w, d_model); ``table`` itself when the grids are equal.
+    """
+    if tuple(old_grid) == tuple(new_grid):
+        return table
+    (old_h, old_w), (new_h, new_w) = old_grid, new_grid
+    if table.shape[0] != old_h * old_w:
+        raise ValueError(f"table: {table.shape[0]} positions do not form the {old_h}x{old_w} grid")
+    d_model = table.shape[-1]
+    grid = table.float().reshape(1, old_h, old_w, d_model).permute(0, 3, 1, 2)  # (1, d_model, old_h, old_w)
+    grid = F.interpolate(grid, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=antialias)
+    return grid.permute(0, 2, 3, 1).reshape(new_h * new_w, d_model).to(table.dtype)  # (new_h * new_w, d_model)
 
 
 def sinusoidal_table(max_seq_len: int, d_model: int, base: float = 10000.0) -> torch.Tensor:
