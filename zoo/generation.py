@@ -426,6 +426,7 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     streamer: Callable[[torch.Tensor], None] | None = None,
+    **unknown,
 ) -> torch.Tensor:
     """Continue each prompt; returns (B, T + new) token ids: the prompt, then the new tokens.
 
@@ -455,8 +456,9 @@ def generate(
             sampling; beam search knows its tokens only at the end). See also ``stream``.
     """
     options = dict(locals())
-    for name in ("model", "input_ids", "attention_mask", "generator", "streamer"):
+    for name in ("model", "input_ids", "attention_mask", "generator", "streamer", "unknown"):
         options.pop(name)
+    options.update(unknown)  # rejected by name, with the closest option suggested
     c, generator = _prepare(model, input_ids, attention_mask, generator, options)
     if c.num_beams > 1:
         if streamer is not None:
