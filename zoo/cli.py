@@ -38,6 +38,41 @@ def cmd_parity(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_generate(args) -> int:
+    from pathlib import Path
+
+    from zoo.generation import TextStreamer, generate
+    from zoo.hub import from_pretrained
+    from zoo.registry import create_model
+    from zoo.tokenizer import load_tokenizer
+
+    if Path(args.model).exists():
+        model = from_pretrained(args.model)
+    elif args.tokenizer is None:
+        raise ValueError(f"--tokenizer: {args.model!r} is no path, and a registered name has no tokenizer")
+    else:
+        model = create_model(args.model).eval()
+        print(f"zoo generate: {args.model} is a registered name: random weights", file=sys.stderr)
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    chat = bool(tokenizer.chat_template) if args.chat is None else args.chat
+    if chat:
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        text = tokenizer.apply_chat_template([*messages, {"role": "user", "content": args.prompt}])
+        ids = tokenizer.encode(text, add_special_tokens=False)  # the template places the special tokens
+    else:
+        ids = tokenizer.encode(args.prompt)
+    options = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, seed=args.seed)
+    options.update(eos_token_id=tokenizer.eos_token_id, repetition_penalty=args.repetition_penalty)
+    options.update(do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    streamer = TextStreamer(tokenizer) if args.num_beams == 1 else None
+    with torch.inference_mode():
+        out = generate(model, torch.tensor([ids]), streamer=streamer, **options)
+    if streamer is None:
+        print(tokenizer.decode(out[0, len(ids) :].tolist()), end="")
+    print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description="A model zoo of transformer families.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None)
     p.add_argument("--no-roundtrip", action="store_true", help="skip exporting back to the reference format")
     p.set_defaults(fn=cmd_parity)
+
+    p = sub.add_parser("generate", help="continue a prompt (or answer it, for chat models), streaming the text")
+    p.add_argument("model", help="a checkpoint directory or .gguf file, or a registered name (random weights)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--tokenizer", default=None, help="tokenizer path, if not the checkpoint's own")
+    p.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="wrap the prompt in the chat template (default: when the tokenizer has one)",
+    )
+    p.add_argument("--system", default=None, help="a system message for the chat template")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--do-sample", action="store_true", help="sample instead of taking the most likely token")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--num-beams", type=int, default=1, help="beam search (prints the text at the end)")
+    p.add_argument("--seed", type=int, default=None, help="for reproducible sampling")
+    p.set_defaults(fn=cmd_generate)
     return parser
 
 

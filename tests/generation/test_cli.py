@@ -1,0 +1,96 @@
+"""`zoo generate` on a tiny GPT-2 checkpoint with its own tokenizer.json (and chat template)."""
+
+import json
+
+import pytest
+import torch
+import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+import zoo
+from tests.conftest import randomize_
+from tests.generation.conftest import GPT2
+from zoo.cli import main
+from zoo.generation import TextStreamer
+
+WORDS = ["[UNK]", "<eos>", "user", "system", "assistant", *[f"w{i}" for i in range(GPT2["vocab_size"] - 5)]]
+TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}assistant{% endif %}"
+)
+
+
+def _checkpoint(path, chat_template=None):
+    randomize_(transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2))).save_pretrained(path)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(path / "tokenizer.json"))
+    config = {"eos_token": "<eos>"} | ({"chat_template": chat_template} if chat_template else {})
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def plain_dir(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("plain"))
+
+
+@pytest.fixture(scope="module")
+def chat_dir(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("chat"), TEMPLATE)
+
+
+def _expected(path, text: str, **options) -> str:
+    model, tok = zoo.from_pretrained(path), zoo.load_tokenizer(path)
+    ids = tok.encode(text, add_special_tokens=False)
+    out = model.generate(torch.tensor([ids]), eos_token_id=tok.eos_token_id, **options)
+    return tok.decode(out[0, len(ids) :].tolist())
+
+
+def test_generate_streams_the_continuation(plain_dir, capsys):
+    assert main(["generate", str(plain_dir), "--prompt", "w1 w7 w3", "--max-new-tokens", "9"]) == 0
+    printed = capsys.readouterr().out
+    expected = _expected(plain_dir, "w1 w7 w3", max_new_tokens=9)
+    assert printed == expected + "\n" and len(expected.split()) >= 5
+
+
+def test_generate_uses_the_chat_template_when_there_is_one(chat_dir, capsys):
+    args = ["generate", str(chat_dir), "--prompt", "w5 w9", "--max-new-tokens", "8"]
+    assert main(args) == 0
+    chat = capsys.readouterr().out
+    assert chat == _expected(chat_dir, "user w5 w9 assistant", max_new_tokens=8) + "\n"
+    assert main([*args, "--system", "w2"]) == 0
+    assert capsys.readouterr().out == _expected(chat_dir, "system w2 user w5 w9 assistant", max_new_tokens=8) + "\n"
+    assert main([*args, "--no-chat"]) == 0
+    assert capsys.readouterr().out == _expected(chat_dir, "w5 w9", max_new_tokens=8) + "\n"
+
+
+def test_generate_sampling_and_beams(plain_dir, capsys):
+    base = ["generate", str(plain_dir), "--prompt", "w4 w4 w8", "--max-new-tokens", "6"]
+    assert main([*base, "--do-sample", "--top-p", "0.9", "--temperature", "1.3", "--seed", "5"]) == 0
+    sampled = capsys.readouterr().out
+    expected = _expected(plain_dir, "w4 w4 w8", max_new_tokens=6, do_sample=True, top_p=0.9, temperature=1.3, seed=5)
+    assert sampled == expected + "\n"
+    assert main([*base, "--num-beams", "3"]) == 0
+    assert capsys.readouterr().out == _expected(plain_dir, "w4 w4 w8", max_new_tokens=6, num_beams=3) + "\n"
+
+
+def test_generate_errors_are_named(plain_dir, capsys):
+    assert main(["generate", "gpt2-tiny", "--prompt", "w1"]) == 2
+    assert "--tokenizer" in capsys.readouterr().err
+    assert main(["generate", str(plain_dir), "--prompt", "w1", "--top-k", "3"]) == 2
+    assert "top_k: only used when sampling" in capsys.readouterr().err
+    assert main(["generate", str(plain_dir), "--prompt", "w1", "--max-new-tokens", "100"]) == 2
+    assert "max_new_tokens:" in capsys.readouterr().err
+
+
+def test_text_streamer_waits_for_complete_characters():
+    class Bytes:  # a byte-level tokenizer: token i is byte i
+        def decode(self, ids):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    pieces = []
+    stream = TextStreamer(Bytes(), pieces.append)
+    for b in "é!".encode():
+        stream(torch.tensor([b]))
+    assert pieces == ["é", "!"]  # the first byte of é alone wrote nothing
