@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer as _HFTokenizer
 
 TOKENIZER_LOADERS: dict[str, Callable[[Path], "Tokenizer"]] = {}
@@ -60,6 +61,31 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def __call__(self, texts: str | list[str], add_special_tokens: bool = True) -> dict[str, torch.Tensor]:
+        """Encode a batch as tensors padded on the right to its longest text: ``input_ids``,
+        ``attention_mask`` (1 for real tokens, 0 for padding) and ``token_type_ids``, each (B, T),
+        ready for ``model(**batch)``."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise ValueError("texts: empty batch; give at least one text")
+        encodings = self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+        longest = max(len(e.ids) for e in encodings)
+        pad_id = self.pad_token_id
+        if pad_id is None and any(len(e.ids) < longest for e in encodings):
+            raise ValueError(
+                "pad_token: this tokenizer has no padding token, so texts of different lengths cannot batch"
+            )
+        shape = (len(texts), longest)
+        input_ids = torch.full(shape, pad_id or 0, dtype=torch.long)
+        attention_mask = torch.zeros(shape, dtype=torch.long)
+        token_type_ids = torch.zeros(shape, dtype=torch.long)
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            input_ids[row, :n] = torch.tensor(e.ids)
+            attention_mask[row, :n] = 1
+            token_type_ids[row, :n] = torch.tensor(e.type_ids)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """Render ``messages`` ([{"role": ..., "content": ...}]) with the model's chat template."""
         if not self.chat_template:
@@ -108,10 +134,17 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     template = config.get("chat_template")
     if template is None and (path / "chat_template.jinja").exists():
         template = (path / "chat_template.jinja").read_text()
+    backend = _HFTokenizer.from_file(str(file))
+    pad_token = _token_text(config.get("pad_token"))
+    if backend.padding is not None:
+        # A tokenizer.json may pad every text to a fixed length (all-MiniLM-L6-v2's pads to 128):
+        # ``encode`` returns the text's own tokens and ``__call__`` pads a batch to its longest.
+        pad_token = pad_token or backend.padding.get("pad_token")
+        backend.no_padding()
     return Tokenizer(
-        _HFTokenizer.from_file(str(file)),
+        backend,
         bos_token=_token_text(config.get("bos_token")),
         eos_token=_token_text(config.get("eos_token")),
-        pad_token=_token_text(config.get("pad_token")),
+        pad_token=pad_token,
         chat_template=template,
     )
