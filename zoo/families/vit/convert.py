@@ -191,7 +191,7 @@ def _config_to_timm(c: ViTConfig, task: str) -> dict:
         "qkv_bias": c.qkv_bias,
         "num_classes": n_classes,
         "global_pool": c.pool,
-        "fc_norm": c.use_fc_norm,
+        "fc_norm": c.fc_norm,  # None: timm derives it from global_pool, as zoo does
         "pos_drop_rate": c.dropout,
         "proj_drop_rate": c.dropout,
         "attn_drop_rate": c.attn_dropout,
