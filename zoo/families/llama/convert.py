@@ -55,7 +55,10 @@ def config_from_hf(hf: dict) -> LlamaConfig:
         d_model=hf["hidden_size"],
         n_layers=hf["num_hidden_layers"],
         n_heads=hf["num_attention_heads"],
-        n_kv_heads=hf.get("num_key_value_heads") or None,
+        # As many key/value heads as query heads is plain multi-head attention: zoo's None.
+        n_kv_heads=None
+        if hf.get("num_key_value_heads") in (None, hf["num_attention_heads"])
+        else hf["num_key_value_heads"],
         head_dim=hf.get("head_dim") or None,
         d_ff=hf["intermediate_size"],
         norm_eps=hf.get("rms_norm_eps", 1e-6),
