@@ -7,6 +7,7 @@ import transformers
 
 import zoo
 from tests.conftest import randomize_
+from zoo.cli import main
 from zoo.convert import rename
 from zoo.families.bert import convert as bert_convert
 from zoo.families.bert.parity import load_reference
@@ -171,3 +172,10 @@ def test_parity_fails_when_a_mapping_is_wrong(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo.registry.FAMILIES["bert"], "rules", wrong)
     report = run_parity(tmp_path, dtypes=("float32",), roundtrip=False)
     assert not report.ok
+
+
+def test_zoo_parity_command(tmp_path, capsys):
+    save_reference(transformers.BertForMaskedLM, tmp_path)
+    assert main(["parity", str(tmp_path), "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "family bert, task masked_lm" in out and "parity: ok" in out

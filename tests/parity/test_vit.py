@@ -12,6 +12,7 @@ from timm.models._hub import save_for_hf
 
 import zoo
 from tests.conftest import randomize_
+from zoo.cli import main
 from zoo.convert import split
 from zoo.families.vit import convert as vit_convert
 from zoo.families.vit.parity import load_reference
@@ -191,3 +192,14 @@ def test_parity_fails_when_a_mapping_is_wrong(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo.registry.FAMILIES["vit"], "rules", wrong)
     report = run_parity(tmp_path, dtypes=("float32",), roundtrip=False)
     assert not report.ok
+
+
+@pytest.mark.parametrize("reference", ["timm", "transformers"])
+def test_zoo_parity_command(tmp_path, capsys, reference):
+    if reference == "timm":
+        save_timm(tmp_path)
+    else:
+        save_transformers(transformers.ViTForImageClassification, tmp_path)
+    assert main(["parity", str(tmp_path), "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "export to reference" in out and "parity: ok" in out
