@@ -11,7 +11,9 @@ from zoo.families.gpt import convert as gpt_convert
 from zoo.lm import positions_from_mask
 from zoo.parity import run_parity
 
-CONFIG = dict(vocab_size=211, n_positions=64, n_embd=48, n_layer=2, n_head=4, n_inner=104, bos_token_id=0, eos_token_id=0)
+CONFIG = dict(
+    vocab_size=211, n_positions=64, n_embd=48, n_layer=2, n_head=4, n_inner=104, bos_token_id=0, eos_token_id=0
+)
 
 
 @pytest.fixture
