@@ -41,6 +41,11 @@ def test_zoo_info_and_list_as_a_user_runs_them(capsys):
     assert zoo_cli(["info", "mixtral-8x7b-v0.1"]) == 0
     out = capsys.readouterr().out
     assert "46,702,792,704 (46702.8M)" in out
+    # Two of eight experts per token: 12.9B active parameters as published (12,879,925,248 with the
+    # 131M embedding), and the FLOPs count those, 2N + 2 n_layers n_ctx d_attn.
+    active = 12_879_925_248 - 32000 * 4096
+    assert f"active per token:         {active:,}" in out
+    assert f"FLOPs/token forward:      {2 * active + 2 * 32 * 32768 * 4096:,}" in out
     assert "layers.0.mlp.experts.7.down.weight" in out and "layers.0.mlp.router.weight" in out
     assert zoo_cli(["list", "llama*"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]

@@ -55,6 +55,15 @@ class Llama(CausalLM):
         self.lm_head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False)
         init_weights(self, c.init_std, c.n_layers)
 
+    def num_active_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameters one token runs through: all but the n_experts - top_k experts it is not sent to."""
+        total = self.num_parameters(exclude_embeddings)
+        c = self.config
+        if c.n_experts is None:
+            return total
+        per_expert = sum(p.numel() for p in self.layers[0].mlp.experts[0].parameters())
+        return total - c.n_layers * (c.n_experts - c.top_k) * per_expert
+
     def router_logits(self) -> list[torch.Tensor]:
         """Every MoE layer's router logits (B * T, n_experts) from the last forward; empty when dense."""
         return [layer.mlp.router_logits for layer in self.layers if isinstance(layer.mlp, MoE)]
