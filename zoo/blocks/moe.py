@@ -54,7 +54,9 @@ class MoE(nn.Module):
         out = torch.zeros_like(x)
         for e in chosen.unique().tolist():
             token, slot = (chosen == e).nonzero(as_tuple=True)
-            out.index_add_(0, token, self.experts[e](x[token]) * weights[token, slot, None])
+            # index_put_ rather than index_add_: the same sum (a token picks an expert once), but
+            # CPU index_add_ can stall for tens of ms on a busy multi-threaded machine.
+            out.index_put_((token,), self.experts[e](x[token]) * weights[token, slot, None], accumulate=True)
         return out.reshape(shape)
 
 
