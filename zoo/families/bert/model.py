@@ -126,7 +126,8 @@ class Bert(Encoder):
     ) -> torch.Tensor:
         """Sentence embeddings (B, d_model): the mean of the final hidden states over real tokens,
         unit length when ``normalize`` (sentence-transformers' all-MiniLM recipe), so a dot
-        product is the cosine similarity."""
+        product is the cosine similarity. Inference only (no gradients); to train on embeddings,
+        apply ``zoo.encoder.mean_pool`` to ``last_hidden_state``."""
         x, _ = self.trunk(input_ids, attention_mask, token_type_ids)
         emb = mean_pool(x, attention_mask)
         return F.normalize(emb, dim=-1) if normalize else emb
