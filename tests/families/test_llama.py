@@ -1,6 +1,7 @@
 """The LLaMA family on its own: published sizes, config checks, the MoE losses, sliding windows,
 the KV cache, and the errors bad configs and checkpoints get."""
 
+import json
 import re
 
 import pytest
@@ -60,9 +61,10 @@ def test_variants_cite_their_public_config():
 
 
 @pytest.mark.parametrize("name", [*PUBLISHED, "llama-tiny", "mistral-tiny", "mixtral-tiny"])
-def test_config_round_trips_through_the_transformers_format(name):
+def test_config_round_trips_through_the_transformers_format_and_json(name):
     config = zoo.get_variant(name).config
     assert config_from_hf(config_to_hf(config, "causal_lm")) == config
+    assert LlamaConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # zoo.json
 
 
 def test_transformers_model_type_follows_the_switches():
@@ -166,6 +168,21 @@ def test_router_z_loss_joins_the_loss_when_switched_on():
         z = router_z_loss(with_z.router_logits())
     assert z > 0
     torch.testing.assert_close(out.loss, plain + 0.1 * z)
+
+
+def test_gradient_checkpointing_keeps_the_aux_loss_gradients():
+    """Router logits are kept from inside checkpointed layers; the aux loss still reaches the router."""
+    model = randomize_(zoo.create_model("mixtral-tiny", aux_loss_coef=0.5)).train()
+    ids, mask = _batch(157)
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        model.set_gradient_checkpointing(checkpointing)
+        model(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert grads[0]["layers.0.mlp.router.weight"].abs().sum() > 0
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=0, msg=name)
 
 
 def test_sliding_window_limits_the_receptive_field():
