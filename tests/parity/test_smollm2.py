@@ -45,16 +45,18 @@ def test_logits_match_transformers_reading_the_same_file(capsys):
 
 
 def _greedy(model, ids: list[int], eos: int, max_new_tokens: int = 16) -> list[int]:
-    """Plain greedy decoding over the full sequence each step (the KV-cached path lives in
-    zoo.generation; this checks the model alone)."""
-    x = torch.tensor([ids])
+    """Plain greedy decoding on the model's KV cache (zoo.generation has the full-featured loop;
+    this checks the model alone)."""
+    cache = model.new_cache(1, len(ids) + max_new_tokens)
+    new: list[int] = []
     with torch.no_grad():
-        for _ in range(max_new_tokens):
-            nxt = model(x).logits[0, -1].argmax()
-            x = torch.cat([x, nxt.view(1, 1)], dim=1)
-            if nxt.item() == eos:
+        logits = model(torch.tensor([ids]), cache=cache).logits
+        while len(new) < max_new_tokens:
+            new.append(int(logits[0, -1].argmax()))
+            if new[-1] == eos:
                 break
-    return x[0, len(ids) :].tolist()
+            logits = model(torch.tensor([[new[-1]]]), cache=cache).logits
+    return new
 
 
 def test_greedy_answer_through_the_chat_template(model, tokenizer):
