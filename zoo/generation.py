@@ -296,29 +296,48 @@ def _first_real(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if attention_mask is None else (attention_mask != 0).int().argmax(dim=1)
 
 
-def _sample_steps(model, input_ids, attention_mask, c: GenerationConfig, generator) -> Iterator[torch.Tensor]:
-    """Greedy or sampled decoding: yields the (B,) tokens of each step."""
-    B, T = input_ids.shape
-    decoder = Decoder(model, input_ids, attention_mask, c.max_new_tokens, use_cache=c.use_cache)
-    process = _Processor(c, T, _first_real(attention_mask), input_ids.device)
-    eos, pad = process.eos, c.pad
-    unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
-    for step in range(c.max_new_tokens):
-        scores = process(decoder.logits(), decoder.sequences)
-        if c.do_sample:
-            tokens = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
+class _Sampler:
+    """Greedy or sampled decoding, one step per call; the work runs in inference mode (no
+    autograd bookkeeping), while the caller, between steps, stays in whatever mode it was in."""
+
+    @torch.inference_mode()
+    def __init__(self, model, input_ids, attention_mask, c: GenerationConfig, generator):
+        B, T = input_ids.shape
+        self.c, self.generator = c, generator
+        self.decoder = Decoder(model, input_ids, attention_mask, c.max_new_tokens, use_cache=c.use_cache)
+        self.process = _Processor(c, T, _first_real(attention_mask), input_ids.device)
+        self.unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
+        self.steps_left = c.max_new_tokens
+        self.last: torch.Tensor | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.steps_left == 0 or not self.unfinished.any()
+
+    @torch.inference_mode()
+    def step(self) -> torch.Tensor:
+        """The next (B,) tokens."""
+        if self.last is not None:
+            self.decoder.append(self.last)
+        scores = self.process(self.decoder.logits(), self.decoder.sequences)
+        if self.c.do_sample:
+            tokens = torch.multinomial(scores.softmax(dim=-1), 1, generator=self.generator).squeeze(1)
         else:
             tokens = scores.argmax(dim=-1)
-        if eos is not None:
-            tokens = torch.where(unfinished, tokens, pad)
-        yield tokens
-        if step + 1 == c.max_new_tokens:
-            return
-        if eos is not None:
-            unfinished &= ~torch.isin(tokens, eos)
-            if not unfinished.any():
-                return
-        decoder.append(tokens)
+        eos = self.process.eos
+        if eos is not None:  # rows that have stopped get the pad token, and stay stopped
+            tokens = torch.where(self.unfinished, tokens, self.c.pad)
+            self.unfinished &= ~torch.isin(tokens, eos)
+        self.steps_left -= 1
+        self.last = tokens
+        return tokens
+
+
+def _sample_steps(model, input_ids, attention_mask, c: GenerationConfig, generator) -> Iterator[torch.Tensor]:
+    """Greedy or sampled decoding: yields the (B,) tokens of each step."""
+    sampler = _Sampler(model, input_ids, attention_mask, c, generator)
+    while not sampler.done:
+        yield sampler.step().clone()  # a clone outside inference mode is an ordinary tensor
 
 
 def _beam_search(model, input_ids, attention_mask, c: GenerationConfig) -> torch.Tensor:
@@ -463,7 +482,9 @@ def generate(
     if c.num_beams > 1:
         if streamer is not None:
             raise ValueError("streamer: beam search picks its tokens only at the end; stream with num_beams=1")
-        return _beam_search(model, input_ids, attention_mask, c)
+        with torch.inference_mode():
+            best = _beam_search(model, input_ids, attention_mask, c)
+        return best.clone()  # an ordinary tensor, usable with autograd later
     new = []
     for tokens in _sample_steps(model, input_ids, attention_mask, c, generator):
         new.append(tokens)
@@ -482,11 +503,7 @@ def stream(
     if c.num_beams > 1:
         raise ValueError("num_beams: beam search picks its tokens only at the end; stream with num_beams=1")
 
-    def steps():
-        with torch.no_grad():
-            yield from _sample_steps(model, input_ids, attention_mask, c, generator)
-
-    return steps()
+    return _sample_steps(model, input_ids, attention_mask, c, generator)
 
 
 class TextStreamer:

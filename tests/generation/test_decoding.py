@@ -123,3 +123,15 @@ def test_stream_is_lazy_and_stops_at_the_end_token(gpt2_pair):
     first = next(steps)  # available before the later steps are computed
     tokens = torch.cat([first, *steps])
     assert torch.equal(tokens, free[: stop_at + 1])
+
+
+def test_outputs_are_ordinary_tensors_and_autograd_stays_on_between_steps(gpt2_pair):
+    """Decoding runs in inference mode inside each step only: results can feed training later,
+    and a loop over ``stream`` keeps the caller's grad mode."""
+    _, model = gpt2_pair
+    ids, mask = padded_prompts(V, seed=14)
+    for options in (dict(), dict(num_beams=2)):
+        assert not model.generate(ids, mask, max_new_tokens=3, **options).is_inference()
+    for tokens in stream(model, ids, mask, max_new_tokens=3):
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+        assert not tokens.is_inference()

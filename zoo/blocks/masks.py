@@ -21,9 +21,10 @@ def attention_mask(
             (``q - k < window``), as Mistral's sliding window.
 
     Returns:
-        (B or 1, 1, T, S) bool, or None when nothing is masked. A query row left with no key
-        (a padding query under left padding) is opened to all keys, so softmax stays finite;
-        its output is never used.
+        (B or 1, 1, T, S) bool, or None when nothing is masked (also when a single query sees
+        every key, as in a decoding step without padding: attention then runs unmasked). A query
+        row left with no key (a padding query under left padding) is opened to all keys, so
+        softmax stays finite; its output is never used.
     """
     mask = None
     if causal or window is not None:
@@ -35,6 +36,6 @@ def attention_mask(
     if key_valid is not None:
         pad = key_valid.bool()[:, None, None, :]  # (B, 1, 1, S)
         mask = pad if mask is None else mask & pad
-    if mask is None:
+    if mask is None or (q_idx.shape[0] == 1 and bool(mask.all())):
         return None
     return mask | ~mask.any(dim=-1, keepdim=True)
