@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformers
 from gguf import GGMLQuantizationType as Q
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import SentencePieceBPETokenizer, Tokenizer, models, pre_tokenizers, trainers
 
 import zoo
 from tests.conftest import randomize_
@@ -47,6 +47,21 @@ def _train_vocab() -> tuple[list[str], list[str]]:
 
 TOKENS, MERGES = _train_vocab()
 VOCAB = len(TOKENS)
+
+
+def _train_sentencepiece_vocab() -> tuple[list[str], list[float], list[int]]:
+    """A LLaMA 2-style SentencePiece BPE vocabulary as llama.cpp stores it: <unk>, <s>, </s>, the 256
+    byte tokens <0xNN>, then the pieces, each scored by how early it was learned (no merges)."""
+    spm = SentencePieceBPETokenizer(replacement="\u2581")
+    spm.train_from_iterator(CORPUS, vocab_size=420, min_frequency=1, special_tokens=[])
+    pieces = [t for t, _ in sorted(spm.get_vocab().items(), key=lambda kv: kv[1])]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(pieces))]
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)  # unknown, control, byte, normal
+    return tokens, scores, types
+
+
+SPM_TOKENS, SPM_SCORES, SPM_TYPES = _train_sentencepiece_vocab()
 
 
 def _to_gguf_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -99,13 +114,19 @@ def write_gguf(path, model, qtype=Q.F32, arch="llama", tokenizer_model="gpt2", p
         w.add_expert_count(c.num_local_experts)
         w.add_expert_used_count(c.num_experts_per_tok)
     w.add_tokenizer_model(tokenizer_model)
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(TOKENS)
-    w.add_token_merges(MERGES)
-    w.add_token_types([3 if t in SPECIALS else 1 for t in TOKENS])
+    if tokenizer_model == "llama":  # SentencePiece: scores instead of merges; BOS added by default
+        w.add_token_list(SPM_TOKENS)
+        w.add_token_scores(SPM_SCORES)
+        w.add_token_types(SPM_TYPES)
+        w.add_unk_token_id(0)
+    else:
+        w.add_tokenizer_pre(pre)
+        w.add_token_list(TOKENS)
+        w.add_token_merges(MERGES)
+        w.add_token_types([3 if t in SPECIALS else 1 for t in TOKENS])
+        w.add_add_bos_token(False)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
-    w.add_add_bos_token(False)
     w.add_chat_template(TEMPLATE)
     tensors = {k: (v.detach().float().numpy(), None) for k, v in _gguf_tensors(model).items()}
     tensors.update(extra or {})
@@ -257,6 +278,21 @@ def test_tokenizer_matches_transformers(pre, tmp_path):
     assert prompt == "<|im_start|>user\nHi<|im_end|>\n"
 
 
+def test_sentencepiece_tokenizer_matches_transformers(tmp_path):
+    """LLaMA 2 / Mistral files: merges rebuilt from the scores, byte fallback for characters the
+    vocabulary lacks, a space prepended, BOS added."""
+    path = write_gguf(tmp_path / "spm.gguf", _llama(vocab_size=len(SPM_TOKENS)), Q.Q8_0, tokenizer_model="llama")
+    ours = zoo.load_tokenizer(path)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    for text in [*TEXTS[:4], "<s>Hi</s> again", " leading space", "tabs\tand\nnewlines"]:
+        ids = ours.encode(text)
+        assert ids == theirs.encode(text), text
+        assert ours.decode(ids, skip_special_tokens=False) == theirs.decode(ids, skip_special_tokens=False)
+    ids = ours.encode("Paris 日本")
+    assert ids[0] == ours.bos_token_id == 1 and ours.decode(ids) == "Paris 日本"
+    assert any(SPM_TOKENS[i].startswith("<0x") for i in ids)  # 日本 is spelled in UTF-8 byte tokens
+
+
 def test_smollm_pre_tokenizer_splits_digits(tmp_path):
     """llama.cpp's "smollm" pre-tokenizer (also starcoder's) splits every digit off on its own."""
     path = write_gguf(tmp_path / "tok.gguf", _llama(), Q.Q8_0, pre="smollm")
@@ -304,8 +340,8 @@ def test_not_a_gguf_file(tmp_path):
 
 
 def test_unsupported_tokenizer_kind_and_pre_tokenizer_are_named(tmp_path):
-    path = write_gguf(tmp_path / "spm.gguf", _llama(), Q.F32, tokenizer_model="llama")
-    with pytest.raises(CheckpointError, match=r"tokenizer.ggml.model is 'llama'; zoo builds GGUF tokenizers of kind"):
+    path = write_gguf(tmp_path / "wp.gguf", _llama(), Q.F32, tokenizer_model="bert")
+    with pytest.raises(CheckpointError, match=r"tokenizer.ggml.model is 'bert'; zoo builds GGUF tokenizers of kind"):
         zoo.load_tokenizer(path)
     path = write_gguf(tmp_path / "pre.gguf", _llama(), Q.F32, pre="qwen2")
     with pytest.raises(CheckpointError, match=r"tokenizer.ggml.pre is 'qwen2', a pre-tokenizer zoo does not know"):

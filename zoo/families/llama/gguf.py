@@ -10,9 +10,10 @@ names with the same rule engine as Hugging Face checkpoints. Two layout differen
   zoo's ``apply_rope``, pair channel i with channel i + head_dim / 2. The rules undo that.
 - GGUF lists tensor dimensions fastest-varying first, the reverse of torch's order.
 
-``load_gguf_tokenizer`` builds a ``tokenizers`` byte-level BPE from the vocabulary and merges
-in the metadata (the ``gpt2`` tokenizer kind: SmolLM2, Llama 3, ...), with the pre-tokenizer that
-``tokenizer.ggml.pre`` names, the special tokens, and the chat template.
+``load_gguf_tokenizer`` builds a ``tokenizers`` tokenizer from the vocabulary in the metadata:
+a byte-level BPE with the file's merges (kind ``gpt2``: SmolLM2, Llama 3, ...) split by the
+pre-tokenizer ``tokenizer.ggml.pre`` names, or a SentencePiece BPE with merges rebuilt from the
+scores (kind ``llama``: LLaMA 2, Mistral); then the special tokens and the chat template.
 """
 
 from pathlib import Path
@@ -237,7 +238,7 @@ _LLAMA3_SPLIT = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _LLAMA3 = ("llama3", "llama-bpe", "llama-v3", "smaug-bpe", "falcon3", "pixtral", "dbrx")
-_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types
+_UNKNOWN, _CONTROL, _USER_DEFINED = 2, 3, 4  # llama.cpp's token types
 
 
 def _pre_tokenizer(pre: str, path: Path):
@@ -258,38 +259,81 @@ def _pre_tokenizer(pre: str, path: Path):
     raise CheckpointError(f"{path}: tokenizer.ggml.pre is {pre!r}, a pre-tokenizer zoo does not know; known: {known}")
 
 
-def load_gguf_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer embedded in a GGUF file (byte-level BPE, ``tokenizer.ggml.model == "gpt2"``)."""
-    path = Path(path)
-    reader = open_gguf(path)
-    kind = _meta(reader, path, "tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise CheckpointError(
-            f"{path}: tokenizer.ggml.model is {kind!r}; zoo builds GGUF tokenizers of kind 'gpt2' (byte-level BPE)"
-        )
-    tokens = _meta(reader, path, "tokenizer.ggml.tokens")
+def _byte_level_bpe(reader: GGUFReader, path: Path, tokens: list[str]) -> BackendTokenizer:
+    """GPT-2-style BPE over bytes spelled as printable characters, with the merges the file lists."""
     merges = [tuple(m.split(" ", 1)) for m in _meta(reader, path, "tokenizer.ggml.merges")]
-    types = _meta(reader, path, "tokenizer.ggml.token_type", [])
     backend = BackendTokenizer(BPE({t: i for i, t in enumerate(tokens)}, merges, fuse_unk=False))
     backend.pre_tokenizer = _pre_tokenizer(_meta(reader, path, "tokenizer.ggml.pre", "default"), path)
     backend.decoder = decoders.ByteLevel()
-    # Control tokens (<|im_start|>) and user-defined ones are matched whole in the text, never split.
+    return backend
+
+
+def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """SentencePiece BPE files list scores, not merges: every split of a piece into two pieces of the
+    vocabulary is a merge, ranked by the score of the piece it makes (best first), ties broken by
+    the longer left then right part, as llama.cpp and transformers rebuild them."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges = []
+    for token, score in zip(tokens, scores, strict=True):
+        splits = [
+            (token[:i], token[i:], score) for i in range(1, len(token)) if token[:i] in vocab and token[i:] in vocab
+        ]
+        merges += sorted(splits, key=lambda m: (vocab[m[0]], vocab[m[1]]))
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(left, right) for left, right, _ in merges]
+
+
+def _sentencepiece_bpe(reader: GGUFReader, path: Path, tokens: list[str]) -> BackendTokenizer:
+    """LLaMA 2 / Mistral's SentencePiece BPE: spaces become "▁" (one is prepended to the text),
+    characters outside the vocabulary fall back to <0xNN> byte tokens."""
+    scores = _meta(reader, path, "tokenizer.ggml.scores")
+    merges = merges_from_scores(tokens, scores)
+    backend = BackendTokenizer(BPE({t: i for i, t in enumerate(tokens)}, merges, fuse_unk=True, byte_fallback=True))
+    prefix = bool(_meta(reader, path, "tokenizer.ggml.add_space_prefix", True))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace("▁", prepend_scheme="first" if prefix else "never", split=False)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    backend.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix else []))
+    return backend
+
+
+# tokenizer.ggml.model -> (builder, whether BOS is added when the file does not say, as llama.cpp does)
+_TOKENIZER_KINDS = {"gpt2": (_byte_level_bpe, False), "llama": (_sentencepiece_bpe, True)}
+
+
+def load_gguf_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer embedded in a GGUF file: byte-level BPE (``tokenizer.ggml.model == "gpt2"``:
+    SmolLM2, Llama 3, ...) or SentencePiece BPE (``"llama"``: LLaMA 2, Mistral)."""
+    path = Path(path)
+    reader = open_gguf(path)
+    kind = _meta(reader, path, "tokenizer.ggml.model")
+    if kind not in _TOKENIZER_KINDS:
+        raise CheckpointError(
+            f"{path}: tokenizer.ggml.model is {kind!r}; zoo builds GGUF tokenizers of kind "
+            f"{', '.join(map(repr, _TOKENIZER_KINDS))} (byte-level and SentencePiece BPE)"
+        )
+    build, bos_by_default = _TOKENIZER_KINDS[kind]
+    tokens = _meta(reader, path, "tokenizer.ggml.tokens")
+    types = _meta(reader, path, "tokenizer.ggml.token_type", [])
+    backend = build(reader, path, tokens)
+    # Control tokens (<|im_start|>, <s>) and user-defined ones are matched whole in the text, never
+    # split; so is SentencePiece's <unk>.
+    special = (_CONTROL, _UNKNOWN) if kind == "llama" else (_CONTROL,)
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                for t, k in zip(tokens, types, strict=False) if k == _CONTROL])  # fmt: skip
+                                for t, k in zip(tokens, types, strict=False) if k in special])  # fmt: skip
     backend.add_tokens([AddedToken(t, special=False, normalized=False)
                         for t, k in zip(tokens, types, strict=False) if k == _USER_DEFINED])  # fmt: skip
 
-    def special(key: str) -> int | None:
+    def special_id(key: str) -> int | None:
         index = _meta(reader, path, f"tokenizer.ggml.{key}_token_id", None)
         if index is not None and not 0 <= index < len(tokens):
             raise CheckpointError(f"{path}: tokenizer.ggml.{key}_token_id={index} is outside the {len(tokens)} tokens")
         return index
 
-    bos, eos, pad = special("bos"), special("eos"), special("padding")
+    bos, eos, pad = special_id("bos"), special_id("eos"), special_id("padding")
     # Which special tokens encode() adds around the text (SmolLM2 adds none; Llama 3 adds BOS).
     wrap = {}
     for key, index in (("bos", bos), ("eos", eos)):
-        if _meta(reader, path, f"tokenizer.ggml.add_{key}_token", False):
+        if _meta(reader, path, f"tokenizer.ggml.add_{key}_token", bos_by_default and key == "bos"):
             if index is None:
                 raise CheckpointError(f"{path}: tokenizer.ggml.add_{key}_token is set but there is no {key}_token_id")
             wrap[key] = index
