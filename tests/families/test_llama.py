@@ -227,6 +227,12 @@ def test_bf16_cast_keeps_exact_rope_frequencies():
     model.to(torch.bfloat16)
     assert model.rope.inv_freq.dtype == torch.float32 and torch.equal(model.rope.inv_freq, exact)
     assert model.embed.weight.dtype == torch.bfloat16
+    # Built on the meta device and materialised with to_empty (as sharded training does), the
+    # non-persistent frequencies, which no checkpoint carries, are recomputed rather than garbage.
+    with torch.device("meta"):
+        meta = zoo.create_model("llama-tiny")
+    meta.to_empty(device="cpu")
+    assert torch.equal(meta.rope.inv_freq, exact)
 
 
 def test_corrupt_safetensors_get_a_checkpoint_error(tmp_path):

@@ -120,12 +120,12 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(rotary_dim, theta, scaling), persistent=False)
 
     def _apply(self, fn, recurse=True):
-        # Casting the model to bf16/fp16 must not round the frequencies: position x rounded
-        # frequency drifts by whole radians at long context. The buffer follows the device only.
+        # The frequencies are recomputed, in fp32, whenever the module is moved or cast: casting
+        # to bf16 would round them (position x rounded frequency drifts by whole radians at long
+        # context), and `to_empty` after meta-device init would leave garbage in this
+        # non-persistent buffer, which no checkpoint restores. The buffer follows the device only.
         super()._apply(fn, recurse)
-        if self.inv_freq.dtype != torch.float32:
-            exact = rope_inv_freq(self.rotary_dim, self.theta, self.scaling)
-            self.inv_freq = exact.to(self.inv_freq.device)
+        self.inv_freq = rope_inv_freq(self.rotary_dim, self.theta, self.scaling).to(self.inv_freq.device)
         return self
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
