@@ -47,7 +47,7 @@ def test_greedy_matches_transformers(pair):
     _, ref, model = pair
     ids, mask = padded_prompts(V, seed=4)
     assert same_as_transformers(ref, model, ids, mask, max_new_tokens=20, eos_token_id=None)
-    eos = frequent_tokens(model, ids, mask)
+    eos = frequent_tokens(model, 4)
     assert same_as_transformers(ref, model, ids, mask, max_new_tokens=20, eos_token_id=eos, pad_token_id=PAD)
     assert same_as_transformers(ref, model, ids, mask, max_new_tokens=20, eos_token_id=None, repetition_penalty=1.3)
 
@@ -55,7 +55,7 @@ def test_greedy_matches_transformers(pair):
 def test_beam_search_matches_transformers(pair):
     _, ref, model = pair
     ids, mask = padded_prompts(V, seed=5)
-    eos = frequent_tokens(model, ids, mask)[0]
+    eos = frequent_tokens(model, 5)[0]
     assert same_as_transformers(ref, model, ids, mask, max_new_tokens=20, num_beams=3, eos_token_id=None)
     assert same_as_transformers(
         ref, model, ids, mask, max_new_tokens=20, num_beams=4, eos_token_id=eos, pad_token_id=PAD, length_penalty=0.5
