@@ -11,11 +11,13 @@ Order of logits processing, as in transformers: repetition penalty, then min_new
 tokens banned), then, when sampling, temperature, top-k and top-p.
 """
 
+import contextlib
 import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 # Added to scores that must never win (finished or banned candidates), as transformers does:
@@ -312,7 +314,9 @@ class _Sampler:
 
     @property
     def done(self) -> bool:
-        return self.steps_left == 0 or not self.unfinished.any()
+        if self.steps_left == 0:
+            return True
+        return self.process.eos is not None and not self.unfinished.any()
 
     @torch.inference_mode()
     def step(self) -> torch.Tensor:
@@ -423,6 +427,34 @@ def _beam_search(model, input_ids, attention_mask, c: GenerationConfig) -> torch
     return done_seq[:, 0, : T + int(done_len[:, 0].max())]
 
 
+@contextlib.contextmanager
+def _decode_layout(model, rows: int):
+    """Store the projection weights column-major while a batch of ``rows`` > 1 decodes on CPU.
+
+    A decoding step multiplies a few rows by each weight. For such skinny products, MKL's
+    kernel for ``x @ W`` with W stored (in, out) ran about 1.5x faster than for ``x @ W.T`` with
+    W stored (out, in) (nn.Linear's layout) at batch 8 (GPT-2 124M: 39 vs 59 ms a step); at
+    batch 1 both are bound by memory bandwidth and equal, so nothing is moved. Same values,
+    same Parameter objects; the layout is restored on exit, whatever happens.
+    """
+    if rows < 2 or model.device.type != "cpu":
+        yield
+        return
+    weights = {id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Linear)}
+    if getattr(model, "lm_head", True) is None:  # tied head: the embedding is the output projection
+        weights[id(model.embed.weight)] = model.embed.weight
+    moved = [w for w in weights.values() if w.dim() == 2 and w.is_contiguous()]
+    with torch.no_grad():
+        for w in moved:
+            w.data = w.data.t().contiguous().t()  # (out, in) view of (in, out) storage
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for w in moved:
+                w.data = w.data.contiguous()
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -479,17 +511,18 @@ def generate(
         options.pop(name)
     options.update(unknown)  # rejected by name, with the closest option suggested
     c, generator = _prepare(model, input_ids, attention_mask, generator, options)
-    if c.num_beams > 1:
-        if streamer is not None:
-            raise ValueError("streamer: beam search picks its tokens only at the end; stream with num_beams=1")
-        with torch.inference_mode():
-            best = _beam_search(model, input_ids, attention_mask, c)
-        return best.clone()  # an ordinary tensor, usable with autograd later
-    new = []
-    for tokens in _sample_steps(model, input_ids, attention_mask, c, generator):
-        new.append(tokens)
-        if streamer is not None:
-            streamer(tokens)
+    if c.num_beams > 1 and streamer is not None:
+        raise ValueError("streamer: beam search picks its tokens only at the end; stream with num_beams=1")
+    with _decode_layout(model, rows=input_ids.shape[0] * c.num_beams):
+        if c.num_beams > 1:
+            with torch.inference_mode():
+                best = _beam_search(model, input_ids, attention_mask, c)
+            return best.clone()  # an ordinary tensor, usable with autograd later
+        new = []
+        for tokens in _sample_steps(model, input_ids, attention_mask, c, generator):
+            new.append(tokens)
+            if streamer is not None:
+                streamer(tokens)
     return torch.cat([input_ids, torch.stack(new, dim=1).to(input_ids.dtype)], dim=1)
 
 

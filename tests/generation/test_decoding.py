@@ -135,3 +135,23 @@ def test_outputs_are_ordinary_tensors_and_autograd_stays_on_between_steps(gpt2_p
     for tokens in stream(model, ids, mask, max_new_tokens=3):
         assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
         assert not tokens.is_inference()
+
+
+def test_batched_decoding_moves_weights_column_major_and_always_restores_them(gpt2_pair):
+    _, model = gpt2_pair
+    before = {name: (p, p.detach().clone()) for name, p in model.named_parameters()}
+    q_proj = model.layers[0].attn.q_proj.weight
+    ids, mask = padded_prompts(V, seed=15)
+    during = []
+    model.generate(ids, mask, max_new_tokens=3, streamer=lambda t: during.append(q_proj.is_contiguous()))
+    model.generate(ids[:1], max_new_tokens=3, streamer=lambda t: during.append(q_proj.is_contiguous()))
+    assert during == [False] * 3 + [True] * 3  # (in, out) storage for a batch; untouched for one row
+
+    def interrupt(tokens):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        model.generate(ids, mask, max_new_tokens=3, streamer=interrupt)
+    for name, p in model.named_parameters():
+        original, values = before[name]
+        assert p is original and p.is_contiguous() and torch.equal(p, values)
