@@ -38,6 +38,22 @@ def cmd_parity(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_finetune(args) -> int:
+    from zoo.train import TrainingDiverged, load_recipe
+    from zoo.train.recipes import finetune
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    try:
+        finetune(recipe)
+    except TrainingDiverged as err:
+        print(f"zoo finetune: {err}\n{err.report}", file=sys.stderr)
+        return 1
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
 def cmd_generate(args) -> int:
     from pathlib import Path
 
@@ -113,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=int, default=1, help="beam search (prints the text at the end)")
     p.add_argument("--seed", type=int, default=None, help="for reproducible sampling")
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser(
+        "finetune",
+        help="train with a recipe: zoo finetune recipes/X.yaml train.lr=1e-3 ... (torchrun for several processes)",
+    )
+    p.add_argument("recipe", help="a recipe YAML file (see recipes/ and docs/training.md)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=20 lora.r=4")
+    p.set_defaults(fn=cmd_finetune)
     return parser
 
 

@@ -108,9 +108,12 @@ class CausalLMTask:
         return int((batch["labels"][:, 1:] != IGNORE).sum())
 
     def loss_sum(self, output, batch: dict) -> torch.Tensor:
-        logits = output.logits[:, :-1]  # (B, T-1, vocab): position t predicts token t+1
-        labels = batch["labels"][:, 1:]
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+        # Position t predicts token t+1. Shifting the labels (and ignoring the last position)
+        # instead of slicing the logits keeps the (B*T, vocab) view free of a copy: the logits
+        # are the largest tensor of a small model's step.
+        labels = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)  # (B, T)
+        logits = output.logits.flatten(0, 1)  # (B*T, vocab), a view
+        return F.cross_entropy(logits.float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
 
     def correct(self, output, batch: dict) -> int:
         labels = batch["labels"][:, 1:]

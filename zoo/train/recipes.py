@@ -1,0 +1,430 @@
+"""Recipes: a YAML file names a model, data and training settings; ``finetune`` runs it.
+
+    zoo finetune recipes/smollm2-lora-instruct.yaml train.steps=20 lora.r=4
+
+Causal LMs train on plain text (``format: text``) or chat JSONL (``format: chat``, the loss on
+the answer only); classifiers on ``text_label`` files, a Hugging Face dataset, or scikit-learn's
+digits. Before and after training the recipe shows what changed: generated answers and their
+exact-match rate for chat data, samples for text, accuracy for classifiers.
+"""
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from zoo.train.config import Recipe, RecipeError, resolve_path
+from zoo.train.data import (
+    CausalLMTask,
+    ClassificationTask,
+    chat_example,
+    classification_examples,
+    digits_examples,
+    read_chat_file,
+    read_text_file,
+    read_text_label_file,
+    save_tokenizer,
+    text_examples,
+    train_bpe_tokenizer,
+)
+from zoo.train.trainer import Trainer, TrainResult
+
+CLASSIFICATION_FORMATS = ("text_label", "digits")
+
+
+@dataclass
+class Prepared:
+    """Everything a recipe builds before training."""
+
+    model: nn.Module
+    task: object
+    train: list[dict]
+    eval: list[dict]
+    tokenizer: object | None = None
+    pad_id: int = 0
+    label_names: list[str] = field(default_factory=list)
+    eval_chats: list[list[dict]] = field(default_factory=list)
+    new_weights: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FinetuneResult:
+    train: TrainResult
+    before: dict
+    after: dict
+    outputs: dict[str, Path]
+
+
+# --- building ------------------------------------------------------------------------------
+
+
+def _is_classification(recipe: Recipe) -> bool:
+    d = recipe.data
+    return d.format in CLASSIFICATION_FORMATS or (d.format == "hf" and d.label_field is not None)
+
+
+def _split(examples: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out ``fraction`` of ``examples`` (a seeded choice, the same on every run)."""
+    if not fraction or len(examples) < 2:
+        return examples, []
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_eval = max(1, round(len(examples) * fraction))
+    held = set(order[:n_eval])
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+
+
+def _hf_rows(recipe: Recipe) -> list[dict]:
+    import datasets
+
+    d = recipe.data
+    try:
+        ds = datasets.load_dataset(d.hf_name, d.hf_config, split=d.hf_split)
+    except Exception as err:  # network, unknown name, wrong split: say which key
+        raise RecipeError(f"data.hf_name: cannot load {d.hf_name!r} split {d.hf_split!r} ({err})") from err
+    for key in (d.text_field, d.label_field):
+        if key is not None and key not in ds.column_names:
+            name = "data.text_field" if key == d.text_field else "data.label_field"
+            raise RecipeError(f"{name}: dataset {d.hf_name!r} has no column {key!r}; it has {ds.column_names}")
+    if d.max_examples:
+        ds = ds.select(range(min(d.max_examples, len(ds))))
+    return list(ds)
+
+
+def build_tokenizer(recipe: Recipe, run_dir: Path):
+    """The recipe's tokenizer; ``bpe:N`` trains one on the training text (kept in run_dir/tokenizer)."""
+    from zoo.tokenizer import load_tokenizer
+
+    spec = recipe.tokenizer
+    if recipe.data.format == "digits":
+        return None
+    if spec is None:
+        if recipe.model.path is None:
+            raise RecipeError(
+                "tokenizer: model.name builds a random model with no tokenizer; set tokenizer to a path "
+                "or to bpe:N to train an N-token BPE on the training text"
+            )
+        return load_tokenizer(resolve_path(recipe.model.path))
+    match = re.fullmatch(r"bpe:(\d+)", spec)
+    if match is None:
+        return load_tokenizer(resolve_path(spec))
+    saved = run_dir / "tokenizer"
+    if recipe.train.resume and (saved / "tokenizer.json").is_file():
+        return load_tokenizer(saved)  # the vocabulary the checkpoints were trained with
+    if recipe.data.format != "text":
+        raise RecipeError(f"tokenizer: bpe:N trains on plain text (data.format: text), not {recipe.data.format!r}")
+    tokenizer = train_bpe_tokenizer(read_text_file(recipe.data.train), int(match.group(1)))
+    if os.environ.get("RANK", "0") == "0":  # every process trains the same one; the first keeps it
+        save_tokenizer(tokenizer, saved)
+    return tokenizer
+
+
+def _label_field(config) -> str | None:
+    """The config field holding the number of classes (BERT's n_labels, ViT's n_classes)."""
+    return next((f for f in ("n_labels", "n_classes") if f in type(config).field_names()), None)
+
+
+def _with_new_head(model: nn.Module, task: str, num_labels: int | None) -> tuple[nn.Module, list[str]]:
+    """The same family built for ``task``, the checkpoint's weights loaded into it; what the
+    checkpoint lacks (the new head) keeps its fresh initialisation. Returns (model, new weights)."""
+    from zoo.registry import FAMILIES
+
+    family = FAMILIES[model.family]
+    config = model.config
+    field = _label_field(config)
+    if num_labels is not None and field is not None:
+        config = config.replace(**{field: num_labels})
+    new = family.model_class(task)(config).to(model.dtype)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    if unexpected:
+        raise RecipeError(
+            f"model.task: the checkpoint's {model.task!r} weights {unexpected[:4]} have no place in a {task!r} model"
+        )
+    return new, list(missing)
+
+
+def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.Module, list[str]]:
+    """A registered variant with fresh weights (``model.name``) or a checkpoint (``model.path``).
+
+    A checkpoint whose task differs from ``model.task`` (a bare encoder for a classifier) gets a
+    new, randomly initialised head. Returns (model, names of the weights that are new)."""
+    import zoo
+    from zoo.registry import get_variant
+
+    m = recipe.model
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[m.dtype]
+    new_weights: list[str] = []
+    if m.name is not None:
+        variant = get_variant(m.name)
+        overrides = dict(m.overrides)
+        if tokenizer is not None and "vocab_size" in type(variant.config).field_names():
+            overrides.setdefault("vocab_size", tokenizer.vocab_size)
+        field = _label_field(variant.config)
+        if num_labels is not None and field is not None:
+            overrides.setdefault(field, num_labels)
+        try:
+            model = zoo.create_model(m.name, task=m.task, **overrides)
+        except ValueError as err:
+            raise RecipeError(f"model.overrides: {err}") from err
+        model = model.to(dtype)
+    else:
+        model = zoo.from_pretrained(resolve_path(m.path), dtype=dtype)
+        if m.task is not None and m.task != model.task:
+            model, new_weights = _with_new_head(model, m.task, num_labels)
+    vocab = getattr(model.config, "vocab_size", None)
+    if tokenizer is not None and vocab is not None and tokenizer.vocab_size > vocab:
+        raise RecipeError(
+            f"model.overrides.vocab_size: the tokenizer has {tokenizer.vocab_size} tokens, the model only {vocab}"
+        )
+    field = _label_field(model.config)
+    if num_labels is not None and field is not None and getattr(model.config, field) != num_labels:
+        raise RecipeError(
+            f"model: the model's head has {getattr(model.config, field)} classes ({field}), the data has "
+            f"{num_labels}; set model.overrides.{field}={num_labels}, or model.task for a new head on a checkpoint"
+        )
+    return model, new_weights
+
+
+def _check_task(recipe: Recipe, model: nn.Module) -> object:
+    wants_classes = _is_classification(recipe)
+    is_lm = getattr(model, "task", "") == "causal_lm"
+    if wants_classes and is_lm:
+        raise RecipeError(
+            f"model.task: data.format {recipe.data.format!r} needs a classifier, the model is a causal LM"
+        )
+    if not wants_classes and not is_lm:
+        raise RecipeError(
+            f"data.format: {recipe.data.format!r} is language-model data, the model's task is {model.task!r}"
+        )
+    return ClassificationTask() if wants_classes else CausalLMTask()
+
+
+def prepare(recipe: Recipe) -> Prepared:
+    """Build tokenizer, data and model, and check they fit together, before any training."""
+    d, seed = recipe.data, recipe.train.seed
+    run_dir = Path(recipe.out_dir)
+    tokenizer = build_tokenizer(recipe, run_dir)
+    label_names: list[str] = []
+    eval_chats: list[list[dict]] = []
+    train_raw = eval_raw = None
+    if d.format == "text":
+        train = text_examples(tokenizer, read_text_file(d.train), d.max_len)
+        eval_ = text_examples(tokenizer, read_text_file(d.eval), d.max_len) if d.eval else None
+    elif d.format == "chat":
+        train_raw = read_chat_file(d.train, d.system)
+        eval_raw = read_chat_file(d.eval, d.system) if d.eval else None
+        if eval_raw is None:
+            train_raw, eval_raw = _split(train_raw, d.eval_fraction, seed)
+        train = [chat_example(tokenizer, c, d.max_len) for c in train_raw]
+        eval_ = [chat_example(tokenizer, c, d.max_len) for c in eval_raw]
+        eval_chats = eval_raw
+    elif d.format == "text_label":
+        rows = read_text_label_file(d.train)
+        eval_rows = read_text_label_file(d.eval) if d.eval else []
+        label_names = sorted({label for _, label in rows + eval_rows})
+        index = {name: i for i, name in enumerate(label_names)}
+        train = classification_examples(tokenizer, [(t, index[lbl]) for t, lbl in rows], d.max_len)
+        eval_ = classification_examples(tokenizer, [(t, index[lbl]) for t, lbl in eval_rows], d.max_len) or None
+    elif d.format == "digits":
+        train, eval_, label_names = None, None, [str(i) for i in range(10)]
+    else:  # hf
+        rows = _hf_rows(recipe)
+        if d.label_field is None:
+            train = text_examples(tokenizer, [r[d.text_field] for r in rows], d.max_len)
+        else:
+            raw = [r[d.label_field] for r in rows]
+            label_names = sorted({str(v) for v in raw}, key=lambda s: (len(s), s))
+            index = {name: i for i, name in enumerate(label_names)}
+            pairs = [(r[d.text_field], index[str(v)]) for r, v in zip(rows, raw, strict=True)]
+            train = classification_examples(tokenizer, pairs, d.max_len)
+        eval_ = None
+    num_labels = len(label_names) if _is_classification(recipe) else None
+    torch.manual_seed(seed)  # the same initial weights on every process and every run
+    model, new_weights = build_model(recipe, tokenizer, num_labels)
+    task = _check_task(recipe, model)
+    if d.format == "digits":
+        c = model.config
+        size = getattr(c, "image_size", d.image_size)
+        channels = getattr(c, "in_channels", getattr(c, "n_channels", 3))
+        train = digits_examples(size, channels)
+    if eval_ is None and d.format != "chat":
+        train, eval_ = _split(train, d.eval_fraction, seed)
+    if d.max_examples and len(train) > d.max_examples:
+        train = train[: d.max_examples]
+    if not train:
+        raise RecipeError(f"data.train: no training examples in {d.train or d.hf_name or d.format}")
+    if recipe.lora.enabled:
+        from zoo.lora import apply_lora
+
+        lo = recipe.lora
+        try:
+            apply_lora(model, lo.targets, lo.r, lo.alpha, lo.dropout, lo.train_also)
+        except ValueError as err:
+            raise RecipeError(f"lora.{err}") from err
+    pad_id = 0
+    if tokenizer is not None:
+        pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    return Prepared(model, task, train, eval_ or [], tokenizer, pad_id, label_names, eval_chats, new_weights)
+
+
+# --- before / after ------------------------------------------------------------------------
+
+
+def generate_texts(model: nn.Module, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+    """Greedy continuations of a batch of token-id prompts (left-padded, one ``zoo.generate`` call)."""
+    from zoo.generation import generate
+
+    stops = sorted(_stop_ids(tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), T), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p) :], mask[i, T - len(p) :] = torch.tensor(p), 1
+    device = next(model.parameters()).device
+    max_new_tokens = min(max_new_tokens, model.config.max_seq_len - T)
+    was_training = model.training
+    model.eval()
+    try:
+        out = generate(model, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, eos_token_id=stops,
+                       pad_token_id=pad)  # fmt: skip
+    finally:
+        model.train(was_training)
+    texts = []
+    for row in out[:, T:].tolist():
+        end = next((i for i, t in enumerate(row) if t in stops), len(row))
+        texts.append(tokenizer.decode(row[:end]))
+    return texts
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"[\s.!?]+$", "", text.strip().lower())
+
+
+def _stop_ids(tokenizer) -> set[int]:
+    stops = {tokenizer.eos_token_id}
+    for token in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>"):
+        stops.add(tokenizer.backend.token_to_id(token))
+    return {s for s in stops if s is not None}
+
+
+def show(recipe: Recipe, prep: Prepared, trainer: Trainer) -> dict:
+    """What the recipe reports before and after training (see the module docstring)."""
+    s = recipe.sample
+    report: dict = {}
+    metrics = trainer.evaluate(prep.eval[: max(s.eval_examples, 1)]) if prep.eval else {}
+    report.update(metrics)
+    tok = prep.tokenizer
+    if prep.eval_chats:
+        chats = prep.eval_chats[: s.eval_examples]
+        prompts = [tok.encode(tok.apply_chat_template(c[:-1], add_generation_prompt=True), add_special_tokens=False)
+                   for c in chats]  # fmt: skip
+        answers = [a.strip() for a in generate_texts(trainer.model, tok, prompts, s.max_new_tokens)]
+        hits = sum(_normalise(a) == _normalise(c[-1]["content"]) for a, c in zip(answers, chats, strict=True))
+        report["exact_match"] = hits / len(chats)
+        report["answers"] = answers
+    if s.prompts and tok is not None:
+        prompts = [tok.encode(p, add_special_tokens=False) for p in s.prompts]
+        continuations = generate_texts(trainer.model, tok, prompts, s.max_new_tokens)
+        report["samples"] = [p + c for p, c in zip(s.prompts, continuations, strict=True)]
+    return report
+
+
+def _print_comparison(prep: Prepared, before: dict, after: dict, log) -> None:
+    log("\n=== before -> after training ===")
+    if "eval_loss" in before:
+        log(f"eval loss:      {before['eval_loss']:.4f} -> {after['eval_loss']:.4f}")
+    if prep.label_names and "eval_accuracy" in before:
+        log(f"eval accuracy:  {before['eval_accuracy']:.1%} -> {after['eval_accuracy']:.1%}")
+    if "exact_match" in before:
+        n = len(before["answers"])
+        log(f"exact-match answers on {n} held-out questions: {before['exact_match']:.0%} -> {after['exact_match']:.0%}")
+        rows = [(c[-2]["content"], c[-1]["content"], b, a)
+                for c, b, a in zip(prep.eval_chats, before["answers"], after["answers"], strict=False)]  # fmt: skip
+        width = min(max(len(q) for q, *_ in rows), 48)
+        log(f"\n  {'question':<{width}}  {'expected':<12}  {'before':<40}  after")
+        for q, expected, b, a in rows:
+            mark = "ok" if _normalise(a) == _normalise(expected) else "--"
+            log(f"  {_clip(q, width):<{width}}  {_clip(expected, 12):<12}  {_clip(b, 40):<40}  {_clip(a, 30)} [{mark}]")
+    for b, a in zip(before.get("samples", []), after.get("samples", []), strict=True):
+        log(f"\n  before: {_clip(b, 200)}\n  after:  {_clip(a, 200)}")
+
+
+def _clip(text: str, n: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+# --- the whole run -------------------------------------------------------------------------
+
+
+def _export(recipe: Recipe, prep: Prepared, trainer: Trainer, log) -> dict[str, Path]:
+    """The run's products: LoRA adapter (and merged model), or the trained model (zoo format)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from zoo.hub import save_pretrained
+    from zoo.lora import merge_lora, save_adapter
+    from zoo.registry import FAMILIES
+
+    run_dir, out = Path(recipe.out_dir), {}
+    full = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not trainer.world.is_main:
+        return out
+    if trainer.fsdp:  # sharded parameters: rebuild a plain copy from the gathered state
+        raw = trainer.model
+        model = FAMILIES[raw.family].model_class(raw.task)(raw.config)
+        if recipe.lora.enabled:
+            from zoo.lora import apply_lora
+
+            lo = recipe.lora
+            apply_lora(model, lo.targets, lo.r, lo.alpha, lo.dropout, lo.train_also)
+        model.load_state_dict(full)
+    else:
+        model = trainer.model
+    if recipe.lora.enabled:
+        out["adapter"] = save_adapter(model, run_dir / "adapter")
+        if recipe.lora.save_merged:
+            out["merged model"] = save_pretrained(merge_lora(model), run_dir / "model", format="zoo")
+    else:
+        out["model"] = save_pretrained(model, run_dir / "model", format="zoo")
+    if prep.label_names:
+        (run_dir / "labels.json").write_text(json.dumps(prep.label_names) + "\n")
+    return out
+
+
+def finetune(recipe: Recipe, log=print) -> FinetuneResult:
+    """Run a recipe end to end: build, show 'before', train, show 'after', export."""
+    run_dir = Path(recipe.out_dir)
+    prep = prepare(recipe)
+    trainer = Trainer(prep.model, prep.task, prep.train, recipe.train, run_dir, eval_data=prep.eval, pad_id=prep.pad_id)
+    main = trainer.world.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(dataclasses.asdict(recipe), sort_keys=False))
+        n_train = sum(p.numel() for p in prep.model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in prep.model.parameters())
+        log(
+            f"{type(prep.model).__name__} ({n_all / 1e6:.1f}M parameters, {n_train / 1e6:.2f}M trained) on "
+            f"{len(prep.train)} examples ({len(prep.eval)} held out); {trainer.world.size} process(es) on "
+            f"{trainer.world.device}; run directory {run_dir}"
+        )
+        if prep.new_weights:
+            log(f"new head, randomly initialised (not in the checkpoint): {', '.join(prep.new_weights)}")
+    before = show(recipe, prep, trainer)
+    result = trainer.fit(log=log if main else lambda *a: None)
+    if result.status == "interrupted":  # saved; the user wants the process back, not an evaluation
+        return FinetuneResult(result, before, {}, {"checkpoint": result.checkpoint})
+    after = show(recipe, prep, trainer)
+    outputs = _export(recipe, prep, trainer, log)
+    if main:
+        _print_comparison(prep, before, after, log)
+        outputs.update({"metrics": run_dir / "metrics.csv", "plot": run_dir / "loss.png"})
+        if result.checkpoint is not None:
+            outputs["checkpoint"] = result.checkpoint
+        log("\n" + "\n".join(f"{k + ':':<14}{v}" for k, v in outputs.items()))
+    return FinetuneResult(result, before, after, outputs)
