@@ -12,14 +12,20 @@ transformers directory, so both libraries run the very same numbers. For each mo
   time of N new tokens minus the time of 1 (so the prompt's prefill is left out);
 - the runs alternate between the libraries (``--rounds``) and the median is kept, because a
   shared machine's speed drifts;
-- peak resident memory above the process's baseline during each generate call;
-- the memory-bandwidth bound: at batch 1 each new token reads every weight once, so
-  tokens/s <= copy bandwidth / weight bytes; the table gives the fraction reached.
+- peak memory allocated during each generate call, above the level before it;
+- the memory-bandwidth bound: a decoding step reads every weight once (for all rows), so
+  tokens/s <= batch * copy bandwidth / weight bytes; the table gives the fraction reached.
+
+One torch thread by default (``--threads``): on a machine whose cores other processes share,
+every multi-threaded op waits for a time slice whenever another process holds a core, and
+steps took 5 to 20 times longer, at random; one thread gives numbers that repeat.
 
 It prints a table and writes it to docs/results/generate.md (``--out``).
 """
 
 import argparse
+import ctypes
+import ctypes.util
 import importlib.util
 import os
 import platform
@@ -37,16 +43,29 @@ import zoo
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"))
+_libc.mallinfo2.restype = _MallInfo2
+
+
+def malloc_in_use() -> int:
+    """Bytes the C allocator has handed out and not taken back (heap and mmapped blocks, glibc's
+    mallinfo2). Unlike the resident set, it rises when a tensor reuses memory freed earlier."""
+    info = _libc.mallinfo2()
+    return info.uordblks + info.hblkhd
 
 
 class PeakMemory:
-    """Peak resident memory above the level at entry, sampled every millisecond by a thread."""
+    """Peak allocated memory above the level at entry, sampled every millisecond by a thread."""
 
     def __enter__(self):
-        self.base = self.peak = rss_bytes()
+        self.base = self.peak = malloc_in_use()
         self.running = True
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
@@ -54,13 +73,13 @@ class PeakMemory:
 
     def _watch(self):
         while self.running:
-            self.peak = max(self.peak, rss_bytes())
+            self.peak = max(self.peak, malloc_in_use())
             time.sleep(0.001)
 
     def __exit__(self, *exc):
         self.running = False
         self.thread.join()
-        self.peak = max(self.peak, rss_bytes())
+        self.peak = max(self.peak, malloc_in_use())
 
     @property
     def extra_mb(self) -> float:
@@ -172,15 +191,14 @@ def print_rows(rows, bandwidth):
         print(
             f"{r['model']:<30} batch {r['batch']}  {r['runner']:<15} {r['tok_s']:8.1f} tok/s  "
             f"x{r['tok_s'] / base[r['batch']]:.2f} vs transformers  peak +{r['peak_mb']:.0f} MB  "
-            f"{r['tok_s'] / r['batch'] / bound:.0%} of bound (per row)  runs {', '.join(f'{t:.1f}' for t in r['all'])}"
+            f"{r['tok_s'] / r['batch'] / bound:.0%} of bound  runs {', '.join(f'{t:.1f}' for t in r['all'])}"
         )
 
 
 def table(rows, args) -> str:
     base = {(r["model"], r["batch"]): r["tok_s"] for r in rows if r["runner"] == "transformers"}
     lines = [
-        "| model | batch | decoder | tokens/s | vs transformers | peak memory above baseline | "
-        "of bandwidth bound (per row) |",
+        "| model | batch | decoder | tokens/s | vs transformers | peak memory (above baseline) | of bandwidth bound |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -199,11 +217,14 @@ def main() -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--no-cache-tokens", type=int, default=32, help="new tokens for the (slow) uncached runs")
+    parser.add_argument("--no-cache-tokens", type=int, default=16, help="new tokens for the (slow) uncached runs")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds; the median is kept")
     parser.add_argument("--no-cache-rounds", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads; 0 leaves torch's choice (see the module docstring)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "generate.md")
+    parser.add_argument("--note", default="", help="a line about the machine, written above the table")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -221,12 +242,15 @@ def main() -> None:
     args.out.write_text(
         "# Generation benchmark\n\n"
         "Written by `benchmarks/generate.py` (see docs/generation.md for how to read it).\n\n"
-        f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch "
-        f"threads; torch {torch.__version__}, transformers {transformers.__version__}\n"
+        f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads: "
+        f"{torch.get_num_threads()}; torch {torch.__version__}, transformers {transformers.__version__}\n"
         f"- greedy, fp32, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens "
         f"({args.no_cache_tokens} without the cache); median of {args.rounds} alternating rounds\n"
-        f"- copy bandwidth {args.bandwidth / 1e9:.1f} GB/s (read + write); bound = bandwidth / weight bytes\n"
-        f"- same greedy tokens as transformers: {'yes' if not mismatched else f'NO for {mismatched}'}\n\n"
+        f"- copy bandwidth {args.bandwidth / 1e9:.1f} GB/s (read + write); bound = batch * bandwidth / weight bytes "
+        "(a step reads every weight once, for all rows)\n"
+        f"- same greedy tokens as transformers: {'yes' if not mismatched else f'NO for {mismatched}'}\n"
+        + (f"- {args.note}\n" if args.note else "")
+        + "\n"
         + table(rows, args)
         + "\n"
     )
