@@ -29,3 +29,13 @@ def padded_prompts(vocab: int, seed: int = 0, lengths=(9, 6, 4)) -> tuple[torch.
     for row, n in enumerate(lengths):
         mask[row, width - n :] = 1
     return ids, mask
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: with two threads every op pays for waking the second one, and on a
+    shared machine for waiting until it is scheduled; one thread is several times faster here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
