@@ -222,6 +222,8 @@ class Decoder:
 
     def append(self, tokens: torch.Tensor) -> None:
         """Add one token (B,) to every row."""
+        if self.length == self.ids.shape[1]:
+            raise ValueError(f"max_new_tokens: this decoder was sized for {self.ids.shape[1]} tokens and is full")
         self.ids[:, self.length] = tokens
         self.length += 1
 

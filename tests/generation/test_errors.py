@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.generation.conftest import GPT2
-from zoo.generation import stream
+from zoo.generation import Decoder, stream
 
 V, CONTEXT = GPT2["vocab_size"], GPT2["n_positions"]
 IDS = torch.randint(1, V, (2, 5), generator=torch.Generator().manual_seed(0))
@@ -80,3 +80,11 @@ def test_stream_checks_arguments_before_the_first_token(gpt2_pair):
         stream(model, IDS, num_beams=3)
     with pytest.raises(ValueError, match=r"^top_p:"):
         stream(model, IDS, do_sample=True, top_p=2.0)
+
+
+def test_a_full_decoder_says_so(gpt2_pair):
+    _, model = gpt2_pair
+    decoder = Decoder(model, IDS, max_new_tokens=1)
+    decoder.append(IDS[:, 0])
+    with pytest.raises(ValueError, match=r"^max_new_tokens: .* full"):
+        decoder.append(IDS[:, 1])
