@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
+# The main job: LoRA instruction-tuning of the real SmolLM2-135M-Instruct weights on the
+# project's 160 short questions (offline, a few minutes on 2 CPU cores); see docs/training.md.
 demo: $(STAMP)
-	$(PY) -m zoo.cli list
-	$(PY) -m zoo.cli info gpt2
+	$(PY) -m zoo.cli finetune recipes/smollm2-lora-instruct.yaml train.resume=false
 
 test: $(STAMP)
 	.venv/bin/ruff check $(SRC)

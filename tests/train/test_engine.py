@@ -282,6 +282,8 @@ def test_metrics_tensorboard_and_plot(run_dir):
     cfg = config(steps=5, tensorboard=True, eval_every=2)
     result = Trainer(tiny_gpt(), CausalLMTask(), data, cfg, run_dir, eval_data=lm_examples(4, seed=9)).fit()
     rows = read_metrics(run_dir / "metrics.csv")
+    assert rows[0]["step"] == "0" and rows[0]["eval_loss"] and not rows[0]["loss"]  # before training
+    rows = rows[1:]
     assert [float(r["loss"]) for r in rows] == pytest.approx(result.losses)
     assert [r["step"] for r in rows if r["eval_loss"]] == ["2", "4", "5"]
     assert all(float(r["grad_norm"]) > 0 and float(r["throughput"]) > 0 for r in rows)

@@ -188,8 +188,8 @@ class SampleSection:
     Attributes:
         prompts: generate from these (causal LM); chat recipes wrap them in the chat template.
         max_new_tokens: length of each sample.
-        eval_examples: score this many held-out examples before and after (exact-match
-            answers for chat, accuracy for classifiers).
+        eval_examples: chat recipes generate answers to this many held-out questions before and
+            after and report the exact-match rate (eval loss and accuracy use the whole eval split).
     """
 
     prompts: list[str] = field(default_factory=list)

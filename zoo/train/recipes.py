@@ -317,8 +317,7 @@ def show(recipe: Recipe, prep: Prepared, trainer: Trainer) -> dict:
     """What the recipe reports before and after training (see the module docstring)."""
     s = recipe.sample
     report: dict = {}
-    metrics = trainer.evaluate(prep.eval[: max(s.eval_examples, 1)]) if prep.eval else {}
-    report.update(metrics)
+    report.update(trainer.evaluate(prep.eval) if prep.eval else {})
     tok = prep.tokenizer
     if prep.eval_chats:
         chats = prep.eval_chats[: s.eval_examples]
@@ -338,7 +337,7 @@ def show(recipe: Recipe, prep: Prepared, trainer: Trainer) -> dict:
 def _print_comparison(prep: Prepared, before: dict, after: dict, log) -> None:
     log("\n=== before -> after training ===")
     if "eval_loss" in before:
-        log(f"eval loss:      {before['eval_loss']:.4f} -> {after['eval_loss']:.4f}")
+        log(f"eval loss on {len(prep.eval)} held-out examples: {before['eval_loss']:.4f} -> {after['eval_loss']:.4f}")
     if prep.label_names and "eval_accuracy" in before:
         log(f"eval accuracy:  {before['eval_accuracy']:.1%} -> {after['eval_accuracy']:.1%}")
     if "exact_match" in before:

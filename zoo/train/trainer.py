@@ -450,6 +450,9 @@ class Trainer:
                 self._trace_shapes(progress)
         start = time.perf_counter()
         pending: list[dict] = []
+        if self.step == 0 and self.eval_data and c.eval_every:  # where the eval curve starts
+            result.eval = self.evaluate()
+            pending.append({"step": 0, "lr": self.optimizer.param_groups[0]["lr"], **result.eval})
         try:
             with self._stop_on_signals():
                 while self.step < c.steps:
