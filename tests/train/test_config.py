@@ -79,7 +79,8 @@ def test_paths_relative_to_the_recipe_file(tmp_path, monkeypatch):
     assert load_recipe(tmp_path / "r.yaml").data.train == str(tmp_path / "data" / "t.txt")
 
 
-def test_cli_reports_a_recipe_error_before_training(tmp_path, capsys):
+def test_cli_reports_a_recipe_error_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the recipe's default out_dir, runs/default, would be made here
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: {name: gpt2-tiny}\ndata: {train: missing.txt}\n")
     assert main(["finetune", str(recipe), "train.stpes=3"]) == 2
@@ -87,3 +88,22 @@ def test_cli_reports_a_recipe_error_before_training(tmp_path, capsys):
     assert main(["finetune", str(recipe)]) == 2
     assert "data.train: file 'missing.txt' does not exist" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_cli_exits_1_with_the_report_when_training_diverges(tmp_path, capsys, monkeypatch):
+    from zoo.train import Trainer, TrainingDiverged
+
+    def diverge(self):
+        raise TrainingDiverged("training stopped: NaN/Inf at step 1", "first module whose output ...", None)
+
+    monkeypatch.setattr(Trainer, "train_step", diverge)
+    text = tmp_path / "t.txt"
+    text.write_text("a b c d e f g h\n\ni j k l m n\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"out_dir: {tmp_path / 'run'}\nmodel: {{name: gpt2-tiny}}\ntokenizer: bpe:270\n"
+        f"data: {{train: {text}, max_len: 8}}\ntrain: {{steps: 2, batch_size: 2, progress: none}}\n"
+    )
+    assert main(["finetune", str(recipe)]) == 1
+    err = capsys.readouterr().err
+    assert "NaN/Inf at step 1" in err and "first module whose output" in err
