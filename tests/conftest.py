@@ -16,8 +16,10 @@ def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torc
     with torch.no_grad():
         for name, p in module.named_parameters():
             noise = torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype)
-            is_norm_scale = p.dim() == 1 and any(k in name.lower() for k in ("norm", "ln", "layer_norm")) and (
-                name.endswith("weight") or name.endswith("scale")
+            is_norm_scale = (
+                p.dim() == 1
+                and any(k in name.lower() for k in ("norm", "ln", "layer_norm"))
+                and (name.endswith("weight") or name.endswith("scale"))
             )
             p.copy_(1 + 0.1 * noise if is_norm_scale else std * noise)
     return module.eval()
