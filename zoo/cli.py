@@ -43,13 +43,16 @@ def cmd_finetune(args) -> int:
     from zoo.train.recipes import finetune
 
     recipe = load_recipe(args.recipe, args.overrides)
+    distributed = torch.distributed.is_available()
     try:
         finetune(recipe)
+        if distributed and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every process done before any tears its connections down
     except TrainingDiverged as err:
         print(f"zoo finetune: {err}\n{err.report}", file=sys.stderr)
         return 1
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0
 
