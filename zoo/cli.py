@@ -20,12 +20,20 @@ def cmd_list(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from zoo.info import model_info
+    from zoo.info import compute_plan, kv_cache_bytes_per_token, model_info, scale_text, training_memory
     from zoo.registry import create_model
 
+    if args.batch < 1:
+        raise ValueError(f"--batch: must be at least 1, got {args.batch}")
+    dtype = getattr(torch, args.dtype)
     with torch.device("meta"):  # shapes and counts only: no memory, even for 47B parameters
-        model = create_model(args.name)
-    print(model_info(model, args.name, context=args.context).text())
+        model = create_model(args.name).to(dtype)
+    info = model_info(model, args.name, context=args.context)
+    print(info.text())
+    seq_len = args.seq_len or info.context
+    memory = training_memory(model, args.batch, seq_len) if seq_len else None
+    kv = kv_cache_bytes_per_token(model.config, dtype) if model.task == "causal_lm" else None
+    print(scale_text(memory, kv, compute_plan(info, tokens=args.tokens, throughput=args.throughput)))
     return 0
 
 
@@ -93,6 +101,8 @@ def cmd_generate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from zoo.info import DEFAULT_THROUGHPUT
+
     parser = argparse.ArgumentParser(prog="zoo", description="A model zoo of transformer families.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -103,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="parameter count, layer shapes and FLOPs per token of a registered model")
     p.add_argument("name")
     p.add_argument("--context", type=int, default=None, help="context length for the attention FLOPs term")
+    p.add_argument("--batch", type=int, default=1, help="batch size for the training-memory figures (default 1)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per example for them (default: the context)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="training dtype")
+    p.add_argument("--tokens", type=float, default=None, help="training tokens D (default: 20 per parameter)")
+    p.add_argument(
+        "--throughput",
+        type=float,
+        default=DEFAULT_THROUGHPUT,
+        help="achieved FLOP/s for the time estimate (default 1.25e14: an A100's bf16 peak at 40%% MFU)",
+    )
     p.set_defaults(fn=cmd_info)
 
     p = sub.add_parser("parity", help="compare a checkpoint in zoo against its reference implementation")

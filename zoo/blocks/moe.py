@@ -52,12 +52,21 @@ class MoE(nn.Module):
             weights = weights / weights.sum(dim=-1, keepdim=True)
         weights = weights.to(x.dtype)
         out = torch.zeros_like(x)
-        for e in chosen.unique().tolist():
-            token, slot = (chosen == e).nonzero(as_tuple=True)
+        for e, (token, slot) in self._routes(chosen):
             # index_put_ rather than index_add_: the same sum (a token picks an expert once), but
             # CPU index_add_ can stall for tens of ms on a busy multi-threaded machine.
             out.index_put_((token,), self.experts[e](x[token]) * weights[token, slot, None], accumulate=True)
         return out.reshape(shape)
+
+    def _routes(self, chosen: torch.Tensor):
+        """(expert, (token indices, top-k slots)) for every expert some token chose."""
+        if chosen.is_meta:
+            # Shapes only (zoo info plans memory on the meta device): no router values to follow,
+            # so assume balanced routing, each expert getting an equal share of the N * top_k slots.
+            share = -(-chosen.numel() // self.n_experts)
+            idx = torch.zeros(share, dtype=torch.long, device=chosen.device)
+            return [(e, (idx, idx)) for e in range(self.n_experts)]
+        return [(e, (chosen == e).nonzero(as_tuple=True)) for e in chosen.unique().tolist()]
 
 
 def load_balancing_loss(

@@ -23,7 +23,8 @@ class LearnedPositions(nn.Module):
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """positions (B, T) or (T,) integers -> (…, T, d_model)."""
-        if positions.numel() and int(positions.max()) >= self.max_seq_len:
+        # A meta tensor (shapes only, as zoo info plans memory with) has no values to check.
+        if positions.numel() and not positions.is_meta and int(positions.max()) >= self.max_seq_len:
             raise ValueError(
                 f"max_seq_len: position {int(positions.max())} is past the model's {self.max_seq_len} "
                 "learned positions; shorten the input"

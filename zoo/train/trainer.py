@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zoo.debug import NonFiniteWatch, ShapeTrace, grad_norm_table, grad_norms, nonfinite_parameters
 from zoo.train import checkpoint as ckpt
 from zoo.train.config import TrainConfig
 from zoo.train.data import StepSampler, collate, split_for_rank
-from zoo.train.debug import NonFiniteWatch, ShapeTrace, grad_norm_table, grad_norms, nonfinite_parameters
 from zoo.train.distributed import World, setup, shard_fsdp, wrap_ddp
 from zoo.train.metrics import MetricsLog, Progress, plot_metrics
 from zoo.train.optim import build_optimizer, build_scheduler

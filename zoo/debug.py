@@ -1,7 +1,13 @@
-"""Debug tools for studying a model in training: a shape trace of every module, the first
-module whose output goes NaN/Inf, and per-parameter gradient norms."""
+"""Debug tools for any model, in training or not: a shape trace of every module, the first
+module whose output goes NaN/Inf, and gradient norms per parameter and per layer.
+
+The functions at the end are the public face (``zoo.debug.trace_shapes(model, input_ids=ids)``,
+``first_nonfinite``, ``layer_grad_norms``); the training loop's debug mode uses the classes.
+"""
 
 import math
+import re
+import sys
 from collections.abc import Iterable
 
 import torch
@@ -117,4 +123,71 @@ def grad_norm_table(norms: list[tuple[str, float]], limit: int = 20) -> str:
     lines = [f"  {name:<{width}}  {norm:.4g}" for name, norm in norms[:limit]]
     if len(norms) > limit:
         lines.append(f"  ... {len(norms) - limit} more")
+    return "\n".join(lines)
+
+
+def trace_shapes(model: nn.Module, *args, file=sys.stdout, **inputs) -> list[str]:
+    """Run one forward (no gradients) and print every module call as
+    ``name (Class): input shapes -> output shapes``, in call order; returns the lines.
+
+    The seed's first debugging rule, "always print shapes", for a whole model at once::
+
+        zoo.debug.trace_shapes(model, input_ids=ids)
+    """
+    with torch.no_grad(), ShapeTrace(model) as trace:
+        model(*args, **inputs)
+    if file is not None:
+        print("\n".join(trace.lines), file=file)
+    return trace.lines
+
+
+def first_nonfinite(model: nn.Module, *args, **inputs) -> str | None:
+    """Run one forward (no gradients) and name the first (innermost) module whose output holds
+    NaN or Inf, as ``"layers.1.mlp.down (Linear): Inf"``; None when every output is finite.
+
+    Parameters that are already non-finite are named instead, since every output after them is.
+    """
+    bad = nonfinite_parameters(model)
+    if bad:
+        return f"parameter {bad[0]} is already NaN/Inf ({len(bad)} parameters in all)"
+    with torch.no_grad(), NonFiniteWatch(model) as watch:
+        model(*args, **inputs)
+    return None if watch.first is None else f"{watch.first}: {watch.first_kind}"
+
+
+_LAYER = re.compile(r"^(.*?layers\.\d+)\.")
+
+
+def layer_grad_norms(model: nn.Module) -> list[tuple[str, float]]:
+    """Gradient L2 norm per layer (``layers.3``; the parameters outside the stack each by
+    name), in model order: run after ``loss.backward()``. A norm falling layer by layer towards
+    the input is a vanishing gradient; rising, an exploding one."""
+    groups: dict[str, float] = {}
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        m = _LAYER.match(name)
+        key = m.group(1) if m else name
+        groups[key] = groups.get(key, 0.0) + float(_local(p.grad).float().pow(2).sum())
+    return [(k, math.sqrt(v)) for k, v in groups.items()]
+
+
+def layer_grad_norm_report(model: nn.Module) -> str:
+    """``layer_grad_norms`` as a table with a bar per layer (log scale), for a terminal."""
+    norms = layer_grad_norms(model)
+    if not norms:
+        return "  (no gradients: run loss.backward() first)"
+    finite = [n for _, n in norms if math.isfinite(n) and n > 0]
+    low = math.log10(min(finite)) if finite else 0.0
+    high = math.log10(max(finite)) if finite else 1.0
+    width = max(len(k) for k, _ in norms)
+    lines = []
+    for name, norm in norms:
+        if not math.isfinite(norm):
+            bar = "NaN/Inf"
+        elif norm == 0:
+            bar = "0"
+        else:
+            bar = "#" * (1 + round(30 * (math.log10(norm) - low) / max(high - low, 1e-9)))
+        lines.append(f"  {name:<{width}}  {norm:10.4g}  {bar}")
     return "\n".join(lines)
