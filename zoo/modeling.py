@@ -1,4 +1,5 @@
-"""ZooModel: what every family's model class shares (saving, backends, checkpointing, counts)."""
+"""ZooModel: what every family's model class shares (saving, backends, checkpointing, counts,
+attention maps)."""
 
 from pathlib import Path
 
@@ -19,6 +20,10 @@ class ZooModel(nn.Module):
         super().__init__()
         self.config = config
         self.gradient_checkpointing = False
+        # Every family's forward takes output_attentions=True through these two hooks, so no
+        # family writes (or forgets) the collection: see AttentionRecorder.
+        self.register_forward_pre_hook(_start_recording, with_kwargs=True)
+        self.register_forward_hook(_finish_recording, always_call=True)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         params = {id(p): p for p in self.parameters()}
@@ -55,3 +60,67 @@ class ZooModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+
+class AttentionRecorder:
+    """Collects every Attention module's weights during one forward, whatever its backend.
+
+    Each Attention is switched to keep its weights (which runs its eager path for this call
+    only: SDPA and flash kernels never form the weights), and a hook appends them in call order,
+    self-attention and cross-attention (modules named ``cross_attn``) apart. ``stop()`` restores
+    every module as it was, so the model's backend is unchanged afterwards. The weights are
+    detached: they are for looking at, not for a loss.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.self_attn: list[torch.Tensor] = []
+        self.cross_attn: list[torch.Tensor] = []
+        self._saved: list[tuple[Attention, bool]] = []
+        self._handles = []
+
+    def start(self) -> "AttentionRecorder":
+        for name, module in self.model.named_modules():
+            if isinstance(module, Attention):
+                sink = self.cross_attn if "cross" in name.rsplit(".", 1)[-1] else self.self_attn
+                self._saved.append((module, module.keep_weights))
+                module.keep_weights = True
+                self._handles.append(module.register_forward_hook(_append_weights(sink)))
+        return self
+
+    def stop(self) -> None:
+        for h in self._handles:
+            h.remove()
+        for module, keep in self._saved:
+            module.keep_weights = keep
+            if not keep:
+                module.weights = None  # a (B, H, T, S) tensor per layer: do not hold it on the model
+        self._handles.clear()
+        self._saved.clear()
+
+
+def _append_weights(sink: list):
+    def hook(module, args, output):
+        sink.append(module.weights)
+
+    return hook
+
+
+def _start_recording(model: "ZooModel", args, kwargs):
+    if kwargs.pop("output_attentions", False):
+        model._recorder = AttentionRecorder(model).start()
+    return args, kwargs
+
+
+def _finish_recording(model: "ZooModel", args, output):
+    recorder = model.__dict__.pop("_recorder", None)
+    if recorder is None:
+        return None
+    recorder.stop()  # also when the forward raised (always_call): then there is no output
+    if output is None:
+        return None
+    if not hasattr(output, "attentions"):
+        raise TypeError(f"output_attentions: {type(model).__name__} returns {type(output).__name__}, no attentions")
+    output.attentions = tuple(recorder.self_attn)
+    output.cross_attentions = tuple(recorder.cross_attn) or None
+    return output

@@ -16,6 +16,9 @@ class ModelOutput:
         last_hidden_state: (B, T, d_model) after the final norm.
         pooler_output: (B, d_model) pooled representation (encoders).
         hidden_states: each layer's input, then the final output, when asked for.
+        attentions: with ``output_attentions=True``, each self-attention layer's weights
+            (B, n_heads, T, S), in call order (see ``zoo.modeling``).
+        cross_attentions: the same for cross-attention layers (encoder-decoders).
         cache: the KV cache, updated, when one was passed in.
     """
 
@@ -25,4 +28,6 @@ class ModelOutput:
     last_hidden_state: torch.Tensor | None = None
     pooler_output: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
     cache: object | None = None
