@@ -34,7 +34,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m zoo.cli finetune recipes/smollm2-lora-instruct.yaml train.resume=false
 
-test: $(STAMP)
+# Headless Chromium renders the attention-map page in tests/test_attention_maps.py: Debian's
+# package, installed where apt-get can run as root (CI); elsewhere that one test is skipped.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium: not installed (needs root and apt-get); the HTML rendering test is skipped"; fi
+
+test: $(STAMP) $(CHROMIUM)
 	.venv/bin/ruff check $(SRC)
 	.venv/bin/ruff format --check $(SRC)
 	$(PY) -m pytest

@@ -100,6 +100,48 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_attention(args) -> int:
+    from pathlib import Path
+
+    from zoo import attention_maps as am
+    from zoo.hub import from_pretrained
+    from zoo.registry import create_model
+    from zoo.tokenizer import load_tokenizer
+
+    if (args.text is None) == (args.image is None):
+        raise ValueError("--text / --image: give exactly one")
+    if args.image is not None and not Path(args.image).is_file():
+        raise ValueError(f"--image: no such file {args.image!r}")
+    if Path(args.model).exists():
+        model = from_pretrained(args.model)
+    else:
+        model = create_model(args.model).eval()
+        print(f"zoo attention: {args.model} is a registered name: random weights", file=sys.stderr)
+    out = Path(args.out)
+    if args.image is not None:
+        if not hasattr(model.config, "patch_size"):
+            raise ValueError(f"--image: {args.model} is a {model.family} model, not an image model; use --text")
+        pixels, shown = am.load_image(args.image, model.config.image_size, args.model)
+        maps = am.image_attention(model, pixels)
+    else:
+        if hasattr(model.config, "patch_size"):
+            raise ValueError(f"--text: {args.model} is an image model; use --image")
+        if args.tokenizer is None and not Path(args.model).exists():
+            raise ValueError("--tokenizer: a registered name has no tokenizer; give one (a checkpoint or .gguf)")
+        maps = am.text_attention(model, load_tokenizer(args.tokenizer or args.model), args.text)
+    layer = args.layer % len(maps.layers) if -len(maps.layers) <= args.layer < len(maps.layers) else args.layer
+    maps.check(layer, args.head)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [am.plot_heads(maps, layer, out / f"layer{layer}-heads.png")]
+    written.append(am.plot_head(maps, layer, args.head, out / f"layer{layer}-head{args.head}.png"))
+    if args.image is not None:
+        written.append(am.plot_rollout(maps, shown, out / "rollout.png"))
+    written.append(am.write_html(maps, out / "attention.html", title=f"{args.model}: attention maps"))
+    for path in written:
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from zoo.info import DEFAULT_THROUGHPUT
 
@@ -152,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=int, default=1, help="beam search (prints the text at the end)")
     p.add_argument("--seed", type=int, default=None, help="for reproducible sampling")
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("attention", help="attention heatmaps (PNG) and a page to browse every layer and head (HTML)")
+    p.add_argument("model", help="a checkpoint directory or .gguf file, or a registered name (random weights)")
+    p.add_argument("--text", default=None, help="the input text (text models)")
+    p.add_argument("--image", default=None, help="an image file (vision models): adds the attention rollout")
+    p.add_argument("--tokenizer", default=None, help="tokenizer path, if not the checkpoint's own")
+    p.add_argument("--layer", type=int, default=-1, help="the layer whose heads are drawn (default: the last)")
+    p.add_argument("--head", type=int, default=0, help="the head drawn large (default 0)")
+    p.add_argument("--out", default="attention", help="output directory (default ./attention)")
+    p.set_defaults(fn=cmd_attention)
 
     p = sub.add_parser(
         "finetune",
