@@ -40,7 +40,9 @@ def cmd_info(args) -> int:
 def cmd_parity(args) -> int:
     from zoo.parity import run_parity
 
-    report = run_parity(args.path, dtypes=tuple(args.dtype), task=args.task, roundtrip=not args.no_roundtrip)
+    report = run_parity(
+        args.path, dtypes=tuple(args.dtype), task=args.task, roundtrip=not args.no_roundtrip, per_layer=args.per_layer
+    )
     print(report.table())
     print("parity: ok" if report.ok else "parity: FAILED (above tolerance)")
     return 0 if report.ok else 1
@@ -172,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     p.add_argument("--task", default=None)
     p.add_argument("--no-roundtrip", action="store_true", help="skip exporting back to the reference format")
+    p.add_argument(
+        "--per-layer", action="store_true", help="compare every layer's output and name the first that diverges"
+    )
     p.set_defaults(fn=cmd_parity)
 
     p = sub.add_parser("generate", help="continue a prompt (or answer it, for chat models), streaming the text")

@@ -54,6 +54,11 @@ class ParitySpec:
     where: Callable[[dict], torch.Tensor | None] = lambda inputs: None
 
 
+# In bf16, zoo's error against the fp32 reference must stay within this many times the
+# reference's own bf16-vs-fp32 error (flash-attention's tests judge their kernels this way).
+REFERENCE_ERROR_FACTOR = 3.0
+
+
 @dataclass
 class ParityRow:
     direction: str
@@ -63,10 +68,21 @@ class ParityRow:
     scale: float
     atol: float
     rtol: float
+    # Below a dtype other than fp32: max |zoo - reference at fp32| and max |reference - reference
+    # at fp32|, i.e. zoo's rounding error and the reference's own in the same dtype.
+    error_vs_fp32: float | None = None
+    reference_error: float | None = None
 
     @property
     def ok(self) -> bool:
         return self.max_abs_diff <= self.atol + self.rtol * self.scale
+
+    @property
+    def ok_relative(self) -> bool | None:
+        """Within REFERENCE_ERROR_FACTOR x the reference's own error (None where not measured)."""
+        if self.error_vs_fp32 is None or self.reference_error is None:
+            return None
+        return self.error_vs_fp32 <= REFERENCE_ERROR_FACTOR * self.reference_error + 1e-6 * self.scale
 
 
 @dataclass
@@ -81,15 +97,72 @@ class ParityReport:
         return bool(self.rows) and all(r.ok for r in self.rows)
 
     def table(self) -> str:
+        relative = any(r.ok_relative is not None for r in self.rows)
+        extra = f"{'vs fp32 ref':>13}{'ref own err':>13}  <=3x" if relative else ""
         lines = [
             f"parity of {self.path} (family {self.family}, task {self.task})",
-            f"{'direction':<22}{'output':<20}{'dtype':<10}{'max |diff|':>12}{'tolerance':>12}  result",
+            f"{'direction':<22}{'output':<20}{'dtype':<10}{'max |diff|':>12}{'tolerance':>12}  result" + extra,
         ]
         for r in self.rows:
             tol = r.atol + r.rtol * r.scale
             verdict = "ok" if r.ok else "FAIL"
-            lines.append(f"{r.direction:<22}{r.output:<20}{r.dtype:<10}{r.max_abs_diff:>12.3g}{tol:>12.3g}  {verdict}")
+            line = f"{r.direction:<22}{r.output:<20}{r.dtype:<10}{r.max_abs_diff:>12.3g}{tol:>12.3g}  {verdict:<6}"
+            if r.ok_relative is not None:
+                line += f"{r.error_vs_fp32:>13.3g}{r.reference_error:>13.3g}  {'ok' if r.ok_relative else 'FAIL'}"
+            lines.append(line.rstrip())
+        divergence = self.first_divergence()
+        if any(r.output.startswith("layer ") for r in self.rows):
+            lines.append(
+                f"first divergence: {divergence}" if divergence else "first divergence: none, every layer agrees"
+            )
         return "\n".join(lines)
+
+    def first_divergence(self) -> str | None:
+        """With per-layer rows, the first layer whose output is outside tolerance (fp32 first,
+        then other dtypes), named with its max |diff|; None when every layer agrees."""
+        for dtype in sorted({r.dtype for r in self.rows}, key=lambda d: d != "float32"):
+            for r in self.rows:
+                if r.dtype == dtype and r.output.startswith("layer ") and not r.ok:
+                    return (
+                        f"{r.output.removesuffix(' output')} ({r.direction}, {dtype}: max |diff| {r.max_abs_diff:.3g})"
+                    )
+        return None
+
+
+def layer_stack(model: nn.Module, n_layers: int) -> nn.ModuleList | None:
+    """The model's stack of repeated layers: the first ModuleList (or Sequential) of n_layers
+    modules of one class (``transformer.h``, ``model.layers``, ``encoder.layer``, timm's
+    ``blocks``, zoo's ``layers``)."""
+    for module in model.modules():
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) == n_layers and n_layers > 0:
+            if len({type(m) for m in module}) == 1:
+                return module
+    return None
+
+
+class LayerOutputs:
+    """Records each layer's output (the first tensor it returns) on the first forward while active."""
+
+    def __init__(self, stack: nn.ModuleList):
+        self.outputs: list[torch.Tensor | None] = [None] * len(stack)
+        self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(stack)]
+
+    def _hook(self, i: int):
+        def hook(module, args, output):
+            if self.outputs[i] is None:
+                self.outputs[i] = output[0] if isinstance(output, (tuple, list)) else output
+
+        return hook
+
+    def __enter__(self) -> "LayerOutputs":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def named(self) -> dict[str, torch.Tensor]:
+        return {f"layer {i} output": t for i, t in enumerate(self.outputs) if isinstance(t, torch.Tensor)}
 
 
 def _compare(zoo_out, ref_out, where, direction, family, dtype_name, source=None) -> list[ParityRow]:
@@ -112,6 +185,15 @@ def _compare(zoo_out, ref_out, where, direction, family, dtype_name, source=None
     return rows
 
 
+def _run(run, model, inputs, stack: nn.ModuleList | None) -> dict[str, torch.Tensor]:
+    """The spec's run function, plus every layer's output when a stack is given."""
+    if stack is None:
+        return run(model, inputs)
+    with LayerOutputs(stack) as layers:
+        outputs = run(model, inputs)
+    return {**layers.named(), **outputs}
+
+
 @torch.no_grad()
 def run_parity(
     path: str | Path,
@@ -119,8 +201,16 @@ def run_parity(
     task: str | None = None,
     roundtrip: bool = True,
     seed: int = 0,
+    per_layer: bool = False,
 ) -> ParityReport:
-    """Compare zoo with the reference on the checkpoint at ``path``; see the module docstring."""
+    """Compare zoo with the reference on the checkpoint at ``path``; see the module docstring.
+
+    ``per_layer``: also compare every layer's output (found by hooks on each model's layer
+    stack), so the report names the first layer where zoo and the reference part: a key-and-shape
+    check cannot see a right-shaped tensor loaded under the wrong name, a layer-by-layer one can.
+    Below fp32, each row also says how far zoo and the reference each are from the reference at
+    fp32: zoo should be within 3x the reference's own rounding error.
+    """
     from zoo.hub import from_pretrained
     from zoo.registry import get_family
 
@@ -137,13 +227,22 @@ def run_parity(
     # for both directions, since the exported copy holds the same weights.
     source = path.suffix.lstrip(".").lower() if path.is_file() else None
     report = ParityReport(str(path), family.name, model.task)
+    n_layers = getattr(model.config, "n_layers", 0)
+    stacks = (layer_stack(model, n_layers), layer_stack(reference, n_layers)) if per_layer else (None, None)
+    if per_layer and None in stacks:
+        which = "zoo's model" if stacks[0] is None else "the reference"
+        raise ValueError(f"--per-layer: found no stack of {n_layers} layers in {which} ({family.name})")
+    ref_fp32 = None
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
         z, r = model.to(dtype), reference.to(dtype)
-        report.rows += _compare(
-            spec.run_zoo(z, inputs), spec.run_reference(r, inputs), where, "load into zoo", family.name, dtype_name,
-            source,
-        )  # fmt: skip
+        zoo_out, ref_out = _run(spec.run_zoo, z, inputs, stacks[0]), _run(spec.run_reference, r, inputs, stacks[1])
+        rows = _compare(zoo_out, ref_out, where, "load into zoo", family.name, dtype_name, source)
+        if dtype_name == "float32":
+            ref_fp32 = ref_out
+        elif ref_fp32 is not None:
+            _add_reference_error(rows, zoo_out, ref_out, ref_fp32, where)
+        report.rows += rows
     model, reference = model.float(), reference.float()
     if roundtrip:
         with tempfile.TemporaryDirectory() as tmp:
@@ -154,6 +253,20 @@ def run_parity(
                 family.name, "float32", source,
             )  # fmt: skip
     return report
+
+
+def _add_reference_error(rows, zoo_out, ref_out, ref_fp32, where) -> None:
+    """Fill each row's error_vs_fp32 (zoo) and reference_error (the reference) against the
+    reference's fp32 output of the same name."""
+    for row in rows:
+        name = row.output
+        if name not in ref_fp32:
+            continue
+        a, b, c = zoo_out[name].float(), ref_out[name].float(), ref_fp32[name].float()
+        if where is not None and a.shape[: where.dim()] == where.shape:
+            a, b, c = a[where], b[where], c[where]
+        row.error_vs_fp32 = (a - c).abs().max().item()
+        row.reference_error = (b - c).abs().max().item()
 
 
 def padded_token_batch(model: nn.Module, generator: torch.Generator, batch: int = 3, length: int = 12) -> dict:
