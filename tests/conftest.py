@@ -25,6 +25,14 @@ def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torc
     return module.eval()
 
 
+def tiny_test_variants() -> list[str]:
+    """The registry's tiny test configs: ``*-tiny`` names whose source is zoo's own test config
+    (a public model may also end in -tiny: openai's whisper-tiny is full size)."""
+    import zoo
+
+    return [n for n in zoo.list_models("*-tiny") if zoo.get_variant(n).source.startswith("zoo test config")]
+
+
 @pytest.fixture
 def tmp_ckpt(tmp_path):
     """A fresh directory for a checkpoint."""

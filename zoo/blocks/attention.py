@@ -64,6 +64,7 @@ class Attention(nn.Module):
         self.keep_weights = False  # set True (eager backend) to keep the last attention map
         self.weights: torch.Tensor | None = None
         kv_dim = d_model if kv_dim is None else kv_dim
+
         def pick(override: bool | None) -> bool:
             return bias if override is None else override
 

@@ -132,4 +132,4 @@ def rules(c: WhisperConfig, task: str) -> list[Rule]:
     # The first prefix is what export writes: a saved WhisperEncoder's own layout.
     out = encoder_rules("") + encoder_rules("encoder.") + encoder_rules("model.encoder.")
     out += decoder_ignore_rules("decoder.") + decoder_ignore_rules("model.decoder.")
-    return out + [drop("proj_out.weight")]  # WhisperForConditionalGeneration's head, when stored untied
+    return [*out, drop("proj_out.weight")]  # WhisperForConditionalGeneration's head, when stored untied

@@ -32,6 +32,14 @@ SPEC = "WhisperSpec"
 MARKER = "model.bin"
 
 
+def _qkv_from_ct2(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.contiguous() for t in ts[0].chunk(3)]  # (3 d_model, d_model) -> q, k, v
+
+
+def _qkv_to_ct2(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [torch.cat(ts)]
+
+
 def _qkv_bias_from_ct2(ts: list[torch.Tensor]) -> list[torch.Tensor]:
     q, _k, v = ts[0].chunk(3)  # (3 d_model,) -> q, k, v: the key bias is dropped (softmax-invariant)
     return [q.contiguous(), v.contiguous()]
@@ -74,10 +82,13 @@ def ct2_rules(c: WhisperConfig) -> list[Rule]:
         rename("encoder/layer_norm/gamma", "norm.weight"),
         rename("encoder/layer_norm/beta", "norm.bias"),
         drop("encoder/num_heads"),  # read into the config
-        Rule((f"{e}/self_attention/linear_0/weight",), qkv, lambda ts: [t.contiguous() for t in ts[0].chunk(3)],
-             lambda ts: [torch.cat(ts)]),  # fmt: skip
-        Rule((f"{e}/self_attention/linear_0/bias",), (f"{z}.attn.q_proj.bias", f"{z}.attn.v_proj.bias"),
-             _qkv_bias_from_ct2, _qkv_bias_to_ct2),  # fmt: skip
+        Rule((f"{e}/self_attention/linear_0/weight",), qkv, _qkv_from_ct2, _qkv_to_ct2),
+        Rule(
+            (f"{e}/self_attention/linear_0/bias",),
+            (f"{z}.attn.q_proj.bias", f"{z}.attn.v_proj.bias"),
+            _qkv_bias_from_ct2,
+            _qkv_bias_to_ct2,
+        ),
     ]
     for src, dst in (("self_attention/linear_1", "attn.o_proj"), ("ffn/linear_0", "mlp.up"),
                      ("ffn/linear_1", "mlp.down")):  # fmt: skip

@@ -108,6 +108,4 @@ class WhisperForAudioClassification(WhisperEncoder):
             if labels.shape[0] != input_features.shape[0]:
                 raise ValueError(f"labels: {labels.shape[0]} rows for a batch of {input_features.shape[0]} clips")
             loss = classification_loss(logits, labels, "single_label_classification")
-        return ModelOutput(
-            logits=logits, loss=loss, last_hidden_state=x, pooler_output=pooled, hidden_states=states
-        )
+        return ModelOutput(logits=logits, loss=loss, last_hidden_state=x, pooler_output=pooled, hidden_states=states)
