@@ -56,6 +56,7 @@ def log_mel_spectrogram(
     sampling_rate: int = SAMPLING_RATE,
     n_mels: int = 80,
     resample: bool = True,
+    seconds: float = CHUNK_SECONDS,
 ) -> torch.Tensor:
     """Whisper's input features from raw audio.
 
@@ -66,9 +67,14 @@ def log_mel_spectrogram(
             resampled with torchaudio (band-limited sinc) unless ``resample`` is False.
         n_mels: 80 (Whisper up to large-v2) or 128 (large-v3).
         resample: False refuses a rate other than 16 kHz instead of resampling.
+        seconds: the window audio is padded or trimmed to; Whisper's is 30 s. A shorter window
+            gives exactly the first frames of the 30 s features for a clip that fits in it (the
+            padding is zeros, which sit at the floor and never set the max), at a fraction of
+            the cost: for fine-tuning on short clips (``WhisperEncoder`` reads fewer frames).
 
     Returns:
-        float32 (n_mels, 3000) for a 1-D input, (B, n_mels, 3000) for a batch.
+        float32 (n_mels, 3000) for a 1-D input, (B, n_mels, 3000) for a batch (3000 frames:
+        ``seconds`` * 100 for another window).
     """
     x = torch.as_tensor(waveform)
     if x.dim() not in (1, 2):
@@ -79,6 +85,9 @@ def log_mel_spectrogram(
         raise ValueError(f"waveform: expected float samples in [-1, 1], got dtype {x.dtype}")
     if not isinstance(n_mels, int) or n_mels < 1:
         raise ValueError(f"n_mels: must be a positive integer, got {n_mels!r}")
+    n_samples = round(seconds * SAMPLING_RATE)
+    if n_samples < N_FFT:
+        raise ValueError(f"seconds: the window must hold at least one {N_FFT}-sample frame, got {seconds}")
     x = x.float()
     if sampling_rate != SAMPLING_RATE:
         if not resample:
@@ -89,7 +98,7 @@ def log_mel_spectrogram(
         if not isinstance(sampling_rate, int) or sampling_rate < 1:
             raise ValueError(f"sampling_rate: must be a positive integer in Hz, got {sampling_rate!r}")
         x = torchaudio.functional.resample(x, sampling_rate, SAMPLING_RATE)
-    x = pad_or_trim(x)
+    x = pad_or_trim(x, n_samples)
     window = torch.hann_window(N_FFT, periodic=True, device=x.device)
     stft = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect", return_complex=True)
     power = stft[..., :-1].abs() ** 2  # (..., n_fft // 2 + 1, 3000): the 3,001st frame dropped

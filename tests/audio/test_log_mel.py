@@ -106,3 +106,10 @@ def test_other_rates_are_resampled_or_refused():
 def test_bad_input_names_the_argument(waveform, message):
     with pytest.raises(ValueError, match=message):
         log_mel_spectrogram(waveform)
+
+
+def test_a_short_window_gives_the_first_frames_of_the_30_s_features():
+    x = real_speech(2)  # 0.75 s: fits in a 1 s window
+    torch.testing.assert_close(log_mel_spectrogram(x, seconds=1.0), log_mel_spectrogram(x)[:, :100], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="seconds: the window must hold at least one 400-sample frame"):
+        log_mel_spectrogram(x, seconds=0.01)

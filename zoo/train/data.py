@@ -323,11 +323,22 @@ def audio_examples(
     clips: list[tuple[np.ndarray, int, str]], index: dict[str, int], n_mels: int, seconds: float | None
 ) -> list[dict]:
     """Whisper log-mel features of each clip (``zoo.audio.log_mel_spectrogram``) with its class id;
-    ``seconds`` keeps the first frames only (None: Whisper's whole 30 s)."""
-    from zoo.audio import HOP_LENGTH, N_FRAMES, SAMPLING_RATE, log_mel_spectrogram
+    ``seconds`` is a shorter window than Whisper's 30 s (None), whose first frames it gives."""
+    from zoo.audio import CHUNK_SECONDS, log_mel_spectrogram
 
-    frames = N_FRAMES if seconds is None else min(N_FRAMES, round(seconds * SAMPLING_RATE / HOP_LENGTH))
-    return [
-        {"input_features": log_mel_spectrogram(x, rate, n_mels)[:, :frames].contiguous(), "label": index[label]}
-        for x, rate, label in clips
-    ]
+    window = CHUNK_SECONDS if seconds is None else seconds
+    features: list[torch.Tensor | None] = [None] * len(clips)
+    # Clips of one rate go through the front end in batches (zero-padded to the window at their
+    # own rate: each row keeps its own max, and padding stays at the floor).
+    for rate in sorted({r for _, r, _ in clips}):
+        rows = [i for i, (_, r, _) in enumerate(clips) if r == rate]
+        n = round(window * rate)
+        for start in range(0, len(rows), 32):
+            chunk = rows[start : start + 32]
+            batch = torch.zeros(len(chunk), n)
+            for j, i in enumerate(chunk):
+                x = torch.as_tensor(clips[i][0][:n])
+                batch[j, : len(x)] = x
+            for i, f in zip(chunk, log_mel_spectrogram(batch, rate, n_mels, seconds=window), strict=True):
+                features[i] = f
+    return [{"input_features": f, "label": index[label]} for f, (_, _, label) in zip(features, clips, strict=True)]
