@@ -140,7 +140,7 @@ def test_whisper_digits_recipe_on_the_shipped_clips(tmp_path):
     result = _run(
         "whisper-digits.yaml", tmp_path,
         "model.path=null", "model.name=whisper-cls-tiny", "model.overrides={n_mels: 80}", "data.audio_seconds=0.48",
-        "train.steps=12", "train.batch_size=16", "train.warmup_steps=1", "train.lr=3e-3", "data.max_examples=64",
+        "train.steps=12", "train.batch_size=8", "train.warmup_steps=1", "train.lr=3e-3", "data.max_examples=48",
     )  # fmt: skip
     _assert_learns(result, factor=0.9)
     assert 0.0 <= result.after["eval_accuracy"] <= 1.0
