@@ -18,6 +18,7 @@ from ctranslate2.converters import TransformersConverter
 import zoo
 from tests.conftest import randomize_
 from zoo.audio import log_mel_spectrogram
+from zoo.config import ConfigError
 from zoo.families.whisper.parity import CT2Reference, _load_encoder
 from zoo.hub import CheckpointError
 from zoo.parity import run_parity, tolerance
@@ -55,6 +56,8 @@ def test_converted_tiny_models_match_ctranslate2_both_directions(hf_dir, tmp_pat
     assert report.ok, report.table()
     assert max(r.max_abs_diff for r in report.rows) < 1e-5  # tiny random weights: as tight as transformers'
     assert {r.direction for r in report.rows} == {"load into zoo", "export to reference"}
+    with pytest.raises(ConfigError, match="task: a CTranslate2 Whisper checkpoint holds the encoder and decoder"):
+        zoo.from_pretrained(path, task="audio_classification")
     if quantization == "float32":  # the same weights as the transformers model, through another format
         with pytest.warns(UserWarning):
             a, b = zoo.from_pretrained(path).state_dict(), zoo.from_pretrained(hf_dir).state_dict()
