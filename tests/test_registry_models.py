@@ -1,4 +1,4 @@
-"""Tests generated from the registry (timm style): every ``*-tiny`` variant of every family gets
+"""Tests generated from the registry (timm style): every ``*-tiny`` test variant of every family gets
 forward, backward, config round trip, zoo-format save/load and reference-format export for free.
 
 A family joins by registering a tiny variant and a ``ParitySpec`` (whose ``make_inputs`` builds
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import zoo
-from tests.conftest import randomize_
+from tests.conftest import randomize_, tiny_test_variants
 from zoo.registry import get_family
 
-TINY = zoo.list_models("*-tiny")
+TINY = tiny_test_variants()
 OUTPUT_FIELDS = ("logits", "last_hidden_state", "pooler_output")
 
 

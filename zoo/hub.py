@@ -22,6 +22,10 @@ from zoo.registry import FAMILIES, Family, _load_families
 ZOO_CONFIG = "zoo.json"
 # Loaders for single-file formats by suffix (".gguf" -> the GGUF reader); families register them.
 FILE_LOADERS: dict[str, Callable[..., nn.Module]] = {}
+# Loaders for checkpoint directories of other formats, by format name -> (the file that marks such
+# a directory, loader): "ct2" -> ("model.bin", CTranslate2's Whisper reader). Families register
+# them; they are tried before config.json, which such directories hold too.
+DIRECTORY_LOADERS: dict[str, tuple[str, Callable[..., nn.Module]]] = {}
 
 
 class CheckpointError(ValueError):
@@ -106,6 +110,14 @@ def load_converted(model: nn.Module, state: dict[str, torch.Tensor], rules, sour
     return model
 
 
+def directory_format(path: Path) -> str | None:
+    """The registered directory format (``DIRECTORY_LOADERS``) whose marker file ``path`` holds, or None."""
+    _load_families()
+    if not path.is_dir() or (path / ZOO_CONFIG).exists():
+        return None
+    return next((name for name, (marker, _) in DIRECTORY_LOADERS.items() if (path / marker).is_file()), None)
+
+
 def from_pretrained(
     path: str | os.PathLike,
     task: str | None = None,
@@ -116,7 +128,8 @@ def from_pretrained(
 
     Args:
         path: a Hugging Face-format directory (config.json + weights), a directory saved by
-            zoo (zoo.json), or a single file of a registered format (``.gguf``).
+            zoo (zoo.json), a directory of a registered format (CTranslate2's model.bin), or a
+            single file of a registered format (``.gguf``).
         task: which head to build (default: what config.json's ``architectures`` names).
         dtype: cast the weights to this dtype.
         device: move the model there.
@@ -135,6 +148,8 @@ def from_pretrained(
                 f"{', '.join(sorted(FILE_LOADERS)) or '(none)'}; not {path.suffix or 'a file without suffix'}"
             )
         model = loader(path, task=task)
+    elif (fmt := directory_format(path)) is not None:
+        model = DIRECTORY_LOADERS[fmt][1](path, task=task)
     elif (path / ZOO_CONFIG).exists():
         meta = read_json(path / ZOO_CONFIG)
         _load_families()

@@ -170,3 +170,15 @@ def test_bad_arguments_name_the_field():
         Attention(40, 4, 3)
     with pytest.raises(ValueError, match=r"^attn_backend: unknown attention backend 'flash'"):
         Attention(40, 4, backend="flash")
+
+
+def test_per_projection_bias_keys_without_queries_and_values_with():
+    attn = randomize_(Attention(D, 4, bias=True, k_bias=False), std=0.1)
+    assert attn.k_proj.bias is None
+    assert all(p.bias is not None for p in (attn.q_proj, attn.v_proj, attn.o_proj))
+    x = torch.randn(B, T, D)
+    _agree(attn, x)
+    default = Attention(D, 4, bias=False)  # the single switch still sets every projection
+    assert all(p.bias is None for p in (default.q_proj, default.k_proj, default.v_proj, default.o_proj))
+    only_q = Attention(D, 4, bias=False, q_bias=True)
+    assert only_q.q_proj.bias is not None and only_q.k_proj.bias is None and only_q.o_proj.bias is None

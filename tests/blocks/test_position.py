@@ -137,3 +137,14 @@ def test_learned_positions_past_the_table_name_max_seq_len():
     torch.testing.assert_close(pos(torch.tensor([[1, 7]])), pos.weight[[1, 7]][None], atol=0, rtol=0)
     with pytest.raises(ValueError, match=r"^max_seq_len: position 8 is past the model's 8 learned positions"):
         pos(torch.arange(9))
+
+
+@pytest.mark.parametrize("d_model", [48, 10])
+def test_timing_signal_is_whispers_sin_cos_halves(d_model):
+    from transformers.models.whisper.modeling_whisper import sinusoids
+
+    from zoo.blocks import timing_signal
+
+    table = timing_signal(1500, d_model)
+    torch.testing.assert_close(table, sinusoids(1500, d_model), atol=1e-6, rtol=0)
+    assert not torch.allclose(table, sinusoidal_table(1500, d_model), atol=1e-2)  # not the interleaved table

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import zoo
-from tests.conftest import randomize_
+from tests.conftest import randomize_, tiny_test_variants
 from tests.train.conftest import config, lm_examples, tiny_gpt
 from zoo.lora import LoRALinear, apply_lora, load_adapter, merge_lora, save_adapter
 from zoo.train import CausalLMTask, Trainer
@@ -13,9 +13,11 @@ ATTENTION = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj"]
 
 
 def _inputs(model) -> dict:
-    """A small input batch for any registered model (token ids, or images)."""
+    """A small input batch for any registered model (token ids, images, or log-mel frames)."""
     g = torch.Generator().manual_seed(0)
     c = model.config
+    if hasattr(c, "n_mels"):
+        return {"input_features": torch.randn(2, c.n_mels, c.n_frames, generator=g)}
     if hasattr(c, "image_size"):
         channels = getattr(c, "in_channels", getattr(c, "n_channels", 3))
         return {"pixel_values": torch.randn(2, channels, c.image_size, c.image_size, generator=g)}
@@ -38,7 +40,7 @@ def _randomize_adapters(model) -> None:
                 m.lora_B.copy_(0.3 * torch.randn(m.lora_B.shape, generator=g))  # B starts at 0; make it count
 
 
-@pytest.mark.parametrize("name", zoo.list_models("*-tiny"))
+@pytest.mark.parametrize("name", tiny_test_variants())
 def test_merge_equals_unmerged_on_every_family(name):
     torch.manual_seed(0)
     model = randomize_(zoo.create_model(name))

@@ -133,3 +133,26 @@ def test_a_checkpoint_without_the_head_gets_a_new_one(tmp_path):
     prep = prepare(recipe)
     assert prep.model.task == "sequence_classification" and prep.model.config.n_labels == 2
     torch.testing.assert_close(prep.model.layers[0].attn.q_proj.weight, base.layers[0].attn.q_proj.weight)
+
+
+def test_whisper_digits_recipe_on_the_shipped_clips(tmp_path):
+    """The real recipe's data (synthetic training speech, 10 real test recordings) on a tiny random encoder."""
+    result = _run(
+        "whisper-digits.yaml", tmp_path,
+        "model.path=null", "model.name=whisper-cls-tiny", "model.overrides={n_mels: 80}", "data.audio_seconds=0.48",
+        "train.steps=12", "train.batch_size=8", "train.warmup_steps=1", "train.lr=3e-3", "data.max_examples=48",
+    )  # fmt: skip
+    _assert_learns(result, factor=0.9)
+    assert 0.0 <= result.after["eval_accuracy"] <= 1.0
+    assert json.loads((tmp_path / "run" / "labels.json").read_text()) == [str(i) for i in range(10)]
+
+
+def test_whisper_digits_recipe_puts_a_new_head_on_the_real_encoder(tmp_path):
+    with pytest.warns(UserWarning, match="decoder"):
+        prep = prepare(load_recipe(ROOT / "recipes" / "whisper-digits.yaml", [f"out_dir={tmp_path}"]))
+    assert prep.model.task == "audio_classification" and prep.model.config.n_classes == 10
+    assert sorted(prep.new_weights) == ["classifier.bias", "classifier.weight", "projector.bias", "projector.weight"]
+    assert len(prep.train) == 160 and len(prep.eval) == 10  # the real recordings are the held-out set
+    assert prep.eval[0]["input_features"].shape == (80, 100)  # 1 s of frames
+    with pytest.raises(ValueError, match=r"data\.eval: 'nowhere' does not exist"):
+        load_recipe(ROOT / "recipes" / "whisper-digits.yaml", [f"out_dir={tmp_path}", "data.eval=nowhere"])

@@ -16,6 +16,7 @@ from zoo.blocks.position import (
     apply_rope,
     resize_position_grid,
     sinusoidal_table,
+    timing_signal,
 )
 
 __all__ = [
@@ -41,4 +42,5 @@ __all__ = [
     "router_z_loss",
     "run_layers",
     "sinusoidal_table",
+    "timing_signal",
 ]

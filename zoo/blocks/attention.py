@@ -25,6 +25,8 @@ class Attention(nn.Module):
         head_dim: channels per head (default ``d_model // n_heads``).
         bias: biases on q/k/v projections.
         out_bias: bias on the output projection (default: same as ``bias``).
+        q_bias, k_bias, v_bias: override ``bias`` for one projection (Whisper: queries and
+            values with bias, keys without).
         kv_dim: width of the keys' source for cross-attention (default ``d_model``).
         dropout: dropout on attention weights, in training only.
         scale: score scale (default ``head_dim ** -0.5``; T5 uses 1.0).
@@ -43,6 +45,9 @@ class Attention(nn.Module):
         dropout: float = 0.0,
         scale: float | None = None,
         backend: str = "sdpa",
+        q_bias: bool | None = None,
+        k_bias: bool | None = None,
+        v_bias: bool | None = None,
     ):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -59,9 +64,13 @@ class Attention(nn.Module):
         self.keep_weights = False  # set True (eager backend) to keep the last attention map
         self.weights: torch.Tensor | None = None
         kv_dim = d_model if kv_dim is None else kv_dim
-        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=bias)
+
+        def pick(override: bool | None) -> bool:
+            return bias if override is None else override
+
+        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=pick(q_bias))
+        self.k_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=pick(k_bias))
+        self.v_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=pick(v_bias))
         self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias if out_bias is None else out_bias)
 
     @property

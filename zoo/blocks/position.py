@@ -75,6 +75,23 @@ def sinusoidal_table(max_seq_len: int, d_model: int, base: float = 10000.0) -> t
     return table
 
 
+def timing_signal(max_seq_len: int, d_model: int, max_timescale: float = 10000.0) -> torch.Tensor:
+    """tensor2tensor's ``get_timing_signal_1d``, as Whisper's encoder uses it: [sin | cos] halves.
+
+    Unlike ``sinusoidal_table`` the channels are not interleaved: the first d_model / 2 are sines,
+    the last d_model / 2 cosines, and the d_model / 2 timescales run geometrically from 1 to
+    exactly ``max_timescale`` (log step ``log(max_timescale) / (d_model / 2 - 1)``).
+
+    Returns (max_seq_len, d_model).
+    """
+    if d_model % 2 or d_model < 4:
+        raise ValueError(f"d_model: the timing signal needs an even width of at least 4, got {d_model}")
+    half = d_model // 2
+    inv_timescales = torch.exp(-math.log(max_timescale) / (half - 1) * torch.arange(half, dtype=torch.float32))
+    scaled = torch.arange(max_seq_len, dtype=torch.float32)[:, None] * inv_timescales  # (max_seq_len, half)
+    return torch.cat([scaled.sin(), scaled.cos()], dim=1)
+
+
 def rope_inv_freq(rotary_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
     """Inverse frequencies for RoPE, with optional ``linear`` or ``llama3`` scaling.
 

@@ -131,8 +131,10 @@ class DataSection:
         format: ``text`` (plain text, cut into ``max_len`` blocks), ``chat`` (JSONL of
             ``{"messages": [...]}`` or ``{"prompt", "response"}``, rendered with the chat template,
             loss on the last answer only), ``text_label`` (TSV: text, tab, label), ``digits``
-            (scikit-learn's bundled 8x8 digits) or ``hf`` (a Hugging Face dataset by name).
-        train: the training file (text, chat, text_label).
+            (scikit-learn's bundled 8x8 digits), ``audio_label`` (labelled speech clips: a directory
+            of ``LABEL.wav`` / ``LABEL-anything.wav`` files or an ``.npz`` of mu-law clips, turned into
+            Whisper log-mel features) or ``hf`` (a Hugging Face dataset by name).
+        train: the training file (text, chat, text_label; audio_label: a directory or .npz).
         eval: an evaluation file (default: ``eval_fraction`` of ``train`` is held out).
         eval_fraction: held out of ``train`` when ``eval`` is not given.
         max_len: tokens per example (longer ones are cut).
@@ -141,9 +143,11 @@ class DataSection:
         system: a system message put before each chat example.
         image_size: digits are upscaled to this size (the model's image size).
         max_examples: use at most this many training examples.
+        audio_seconds: audio_label only: keep this many seconds of each clip's features (None:
+            Whisper's whole 30 s window; a short window trains much faster on short clips).
     """
 
-    format: str = _choices("text", "chat", "text_label", "digits", "hf", default="text")
+    format: str = _choices("text", "chat", "text_label", "digits", "audio_label", "hf", default="text")
     train: str | None = None
     eval: str | None = None
     eval_fraction: float = 0.1
@@ -156,6 +160,7 @@ class DataSection:
     system: str | None = None
     image_size: int = 32
     max_examples: int | None = None
+    audio_seconds: float | None = None
 
 
 @dataclass
@@ -229,6 +234,15 @@ class Recipe:
         needs_file = self.data.format in ("text", "chat", "text_label")
         if needs_file and self.data.train is None:
             raise RecipeError(f"data.train: format {self.data.format!r} needs a training file")
+        if self.data.format == "audio_label":
+            for key in ("train", "eval"):
+                value = getattr(self.data, key)
+                if key == "train" and value is None:
+                    raise RecipeError("data.train: format 'audio_label' needs a directory of .wav files or an .npz")
+                if value is not None and not resolve_path(value).exists():
+                    raise RecipeError(f"data.{key}: {value!r} does not exist")
+            if self.data.audio_seconds is not None and not 0 < self.data.audio_seconds <= 30:
+                raise RecipeError(f"data.audio_seconds: must be in (0, 30], got {self.data.audio_seconds}")
         if self.data.format == "hf" and not self.data.hf_name:
             raise RecipeError("data.hf_name: format 'hf' needs a dataset name")
         for key in ("train", "eval"):

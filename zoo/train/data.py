@@ -1,7 +1,7 @@
 """Training data: examples, padding, the order each step draws them in, and the task's loss.
 
 An example is a dict of unpadded tensors (``input_ids`` and ``labels`` for a causal LM,
-``input_ids`` or ``pixel_values`` plus ``label`` for classifiers). ``collate`` pads a list of
+``input_ids``, ``pixel_values`` or ``input_features`` plus ``label`` for classifiers). ``collate`` pads a list of
 them into a batch. ``StepSampler`` says which examples optimizer step ``s`` uses, as a pure
 function of the number of examples consumed, so a resumed run draws exactly what the
 uninterrupted run would have drawn.
@@ -10,6 +10,7 @@ uninterrupted run would have drawn.
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -23,7 +24,8 @@ def collate(examples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Pad token sequences on the right to the longest one; stack everything else.
 
     ``input_ids`` -> (B, T) padded with ``pad_id``, plus ``attention_mask`` (B, T) of 1/0;
-    ``labels`` -> (B, T) padded with -100; ``label`` -> (B,); ``pixel_values`` -> (B, C, H, W).
+    ``labels`` -> (B, T) padded with -100; ``label`` -> (B,); ``pixel_values`` -> (B, C, H, W);
+    ``input_features`` -> (B, n_mels, frames).
     """
     batch: dict[str, torch.Tensor] = {}
     if "input_ids" in examples[0]:
@@ -41,6 +43,8 @@ def collate(examples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
             batch["labels"] = labels
     if "pixel_values" in examples[0]:
         batch["pixel_values"] = torch.stack([e["pixel_values"] for e in examples])
+    if "input_features" in examples[0]:
+        batch["input_features"] = torch.stack([e["input_features"] for e in examples])
     if "label" in examples[0]:
         batch["label"] = torch.tensor([int(e["label"]) for e in examples], dtype=torch.long)
     return batch
@@ -129,6 +133,8 @@ class ClassificationTask:
     def inputs(self, batch: dict) -> dict:
         if "pixel_values" in batch:
             return {"pixel_values": batch["pixel_values"]}
+        if "input_features" in batch:
+            return {"input_features": batch["input_features"]}
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     def targets(self, batch: dict) -> int:
@@ -273,3 +279,66 @@ def save_tokenizer(tokenizer, directory: Path) -> None:
     if tokenizer.chat_template:
         config["chat_template"] = tokenizer.chat_template
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def read_audio_clips(path: str | Path) -> list[tuple[np.ndarray, int, str]]:
+    """Labelled mono clips as (samples in [-1, 1], sampling rate, label).
+
+    ``path`` is a directory of 16-bit mono WAV files named ``LABEL.wav`` or ``LABEL-anything.wav``,
+    or an ``.npz`` with ``mu_law`` (uint8 codes of all clips, concatenated), ``offsets`` (clip
+    boundaries), ``labels`` and ``sampling_rate`` (recipes/data/speech_digits/prepare.py writes one).
+    """
+    import wave
+
+    import torchaudio
+
+    path = Path(path)
+    if path.is_dir():
+        clips = []
+        for f in sorted(path.glob("*.wav")):
+            try:
+                with wave.open(str(f)) as w:
+                    if w.getsampwidth() != 2 or w.getnchannels() != 1:
+                        raise ValueError(f"{f}: {8 * w.getsampwidth()}-bit, {w.getnchannels()} channels; "
+                                         "expected 16-bit mono")  # fmt: skip
+                    samples = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+                    clips.append((samples.astype(np.float32) / 32768, w.getframerate(), f.stem.split("-")[0]))
+            except wave.Error as err:
+                raise ValueError(f"{f}: not a readable WAV file ({err})") from err
+        if not clips:
+            raise ValueError(f"{path}: no .wav files in this directory")
+        return clips
+    if path.suffix != ".npz":
+        raise ValueError(f"{path}: audio data is a directory of .wav files or an .npz of mu-law clips")
+    with np.load(path) as data:
+        missing = {"mu_law", "offsets", "labels", "sampling_rate"} - set(data.files)
+        if missing:
+            raise ValueError(f"{path}: the .npz lacks {', '.join(sorted(missing))}")
+        audio = torchaudio.functional.mu_law_decoding(torch.from_numpy(data["mu_law"].astype(np.int64)), 256).numpy()
+        bounds, rate = data["offsets"], int(data["sampling_rate"])
+        return [(audio[a:b], rate, str(lbl)) for a, b, lbl in zip(bounds[:-1], bounds[1:], data["labels"], strict=True)]
+
+
+def audio_examples(
+    clips: list[tuple[np.ndarray, int, str]], index: dict[str, int], n_mels: int, seconds: float | None
+) -> list[dict]:
+    """Whisper log-mel features of each clip (``zoo.audio.log_mel_spectrogram``) with its class id;
+    ``seconds`` is a shorter window than Whisper's 30 s (None), whose first frames it gives."""
+    from zoo.audio import CHUNK_SECONDS, log_mel_spectrogram
+
+    window = CHUNK_SECONDS if seconds is None else seconds
+    features: list[torch.Tensor | None] = [None] * len(clips)
+    # Clips of one rate go through the front end in batches (zero-padded to the window at their
+    # own rate: each row keeps its own max, and padding stays at the floor).
+    for rate in sorted({r for _, r, _ in clips}):
+        rows = [i for i, (_, r, _) in enumerate(clips) if r == rate]
+        n = round(window * rate)
+        for start in range(0, len(rows), 32):
+            chunk = rows[start : start + 32]
+            batch = torch.zeros(len(chunk), n)
+            for j, i in enumerate(chunk):
+                x = torch.as_tensor(clips[i][0][:n])
+                batch[j, : len(x)] = x
+            for i, f in zip(chunk, log_mel_spectrogram(batch, rate, n_mels, seconds=window), strict=True):
+                features[i] = f
+    return [{"input_features": f, "label": index[label]} for f, (_, _, label) in zip(features, clips, strict=True)]

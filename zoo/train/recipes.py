@@ -23,9 +23,11 @@ from zoo.train.config import Recipe, RecipeError, resolve_path
 from zoo.train.data import (
     CausalLMTask,
     ClassificationTask,
+    audio_examples,
     chat_example,
     classification_examples,
     digits_examples,
+    read_audio_clips,
     read_chat_file,
     read_text_file,
     read_text_label_file,
@@ -35,7 +37,7 @@ from zoo.train.data import (
 )
 from zoo.train.trainer import Trainer, TrainResult
 
-CLASSIFICATION_FORMATS = ("text_label", "digits")
+CLASSIFICATION_FORMATS = ("text_label", "digits", "audio_label")
 
 
 @dataclass
@@ -101,7 +103,7 @@ def build_tokenizer(recipe: Recipe, run_dir: Path):
     from zoo.tokenizer import load_tokenizer
 
     spec = recipe.tokenizer
-    if recipe.data.format == "digits":
+    if recipe.data.format in ("digits", "audio_label"):
         return None
     if spec is None:
         if recipe.model.path is None:
@@ -122,6 +124,13 @@ def build_tokenizer(recipe: Recipe, run_dir: Path):
     if os.environ.get("RANK", "0") == "0":  # every process trains the same one; the first keeps it
         save_tokenizer(tokenizer, saved)
     return tokenizer
+
+
+def _audio_clips(value: str, key: str) -> list:
+    try:
+        return read_audio_clips(resolve_path(value))
+    except ValueError as err:
+        raise RecipeError(f"{key}: {err}") from err
 
 
 def _label_field(config) -> str | None:
@@ -232,6 +241,11 @@ def prepare(recipe: Recipe) -> Prepared:
         eval_ = classification_examples(tokenizer, [(t, index[lbl]) for t, lbl in eval_rows], d.max_len) or None
     elif d.format == "digits":
         train, eval_, label_names = None, None, [str(i) for i in range(10)]
+    elif d.format == "audio_label":
+        train_raw = _audio_clips(d.train, "data.train")
+        eval_raw = _audio_clips(d.eval, "data.eval") if d.eval else None
+        label_names = sorted({c[2] for c in train_raw + (eval_raw or [])}, key=lambda s: (len(s), s))
+        train = eval_ = None  # features need the model's n_mels: built below
     else:  # hf
         rows = _hf_rows(recipe)
         if d.label_field is None:
@@ -252,6 +266,10 @@ def prepare(recipe: Recipe) -> Prepared:
         size = getattr(c, "image_size", d.image_size)
         channels = getattr(c, "in_channels", getattr(c, "n_channels", 3))
         train = digits_examples(size, channels)
+    if d.format == "audio_label":
+        index = {name: i for i, name in enumerate(label_names)}
+        train = audio_examples(train_raw, index, model.config.n_mels, d.audio_seconds)
+        eval_ = audio_examples(eval_raw, index, model.config.n_mels, d.audio_seconds) if eval_raw else None
     if eval_ is None and d.format != "chat":
         train, eval_ = _split(train, d.eval_fraction, seed)
     if d.max_examples and len(train) > d.max_examples:
