@@ -122,8 +122,12 @@ class _FusedAttentionOnMeta(TorchFunctionMode):
 
 def training_inputs(model: nn.Module, ids: torch.Tensor) -> dict:
     """The keyword arguments of one training forward on ``ids`` (B, T): tokens and labels for a
-    causal LM, pixels for an image model (T is then ignored)."""
+    causal LM, pixels for an image model, log-mel frames for an audio encoder (T is then the
+    encoder positions: 2T frames)."""
     c = model.config
+    if hasattr(c, "n_mels"):
+        frames = torch.zeros(ids.shape[0], c.n_mels, 2 * ids.shape[1], device=ids.device)
+        return {"input_features": frames}
     if hasattr(c, "image_size"):
         pixels = torch.zeros(ids.shape[0], c.in_channels, c.image_size, c.image_size, device=ids.device)
         return {"pixel_values": pixels}
