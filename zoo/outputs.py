@@ -17,6 +17,8 @@ class ModelOutput:
         pooler_output: (B, d_model) pooled representation (encoders).
         hidden_states: each layer's input, then the final output, when asked for.
         cache: the KV cache, updated, when one was passed in.
+        mc_logits: (B, n_choices) multiple-choice scores (GPT-1's double-heads model).
+        mc_loss: the multiple-choice cross-entropy, when its labels were given (also in ``loss``).
     """
 
     logits: torch.Tensor | None = None
@@ -26,3 +28,5 @@ class ModelOutput:
     pooler_output: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     cache: object | None = None
+    mc_logits: torch.Tensor | None = None
+    mc_loss: torch.Tensor | None = None
