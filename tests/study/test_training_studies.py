@@ -19,7 +19,8 @@ def quiet(*args):
 
 
 def test_norm_study_writes_every_arm(tmp_path):
-    summary = run_study("norm", ["depths=[2]", "steps=6", "log_every=3", "warmup=2"], tmp_path, log=quiet)
+    small = ["depths=[2]", "steps=6", "log_every=3", "warmup=2", "d_model=32", "seq_len=32", "batch_size=4"]
+    summary = run_study("norm", small, tmp_path, log=quiet)
     assert [a["arm"] for a in summary["arms"]] == [
         "pre-LN warmup L=2", "pre-LN no warmup L=2", "post-LN warmup L=2", "post-LN no warmup L=2"
     ]  # fmt: skip
@@ -63,7 +64,8 @@ def test_rope_scores_depend_only_on_the_offset():
 
 
 def test_positions_study_runs_each_arm(tmp_path):
-    overrides = ["arms=[learned,sinusoidal,rope,none]", "steps=8", "length=3", "eval_sequences=16", "log_every=4"]
+    overrides = ["arms=[learned,sinusoidal,rope,none]", "steps=8", "length=3", "eval_sequences=8", "log_every=4",
+                 "d_model=32", "n_layers=1", "batch_size=8"]  # fmt: skip
     summary = run_study("positions", overrides, tmp_path, log=quiet)
     assert [r["arm"] for r in summary["results"]] == ["learned", "sinusoidal", "rope", "none"]
     for r in summary["results"]:
@@ -71,7 +73,7 @@ def test_positions_study_runs_each_arm(tmp_path):
     assert summary["rope_max_diagonal_spread"] < 1e-4
     for name in ("accuracy_vs_length.png", "encodings.png", "train_loss.png", "report.md", "values.csv"):
         assert (tmp_path / name).stat().st_size > 0
-    with pytest.raises(StudyError, match="arms"):
+    with pytest.raises(ValueError, match=r"arms: unknown \['alibi'\]"):
         run_study("positions", ["arms=[alibi]"], tmp_path, log=quiet)
 
 
@@ -84,12 +86,23 @@ def test_sinusoidal_arm_uses_the_fixed_table_at_the_learned_scale():
 
 
 def test_moe_study_logs_expert_shares(tmp_path):
-    summary = run_study("moe", ["steps=6", "log_every=3", "n_experts=4", "d_ff=32"], tmp_path, log=quiet)
+    small = [
+        "steps=6",
+        "log_every=3",
+        "n_experts=4",
+        "d_ff=32",
+        "d_model=32",
+        "n_heads=2",
+        "seq_len=32",
+        "batch_size=4",
+    ]
+    summary = run_study("moe", small, tmp_path, log=quiet)
     dense, balanced, free = summary["results"]
     assert dense["arm"] == "dense" and "final_expert_share" not in dense
     # Equal active parameters: the dense MLP is as wide as the top-k experts a token runs through.
     assert abs(balanced["active_params"] - dense["total_params"]) / dense["total_params"] < 0.02
-    assert balanced["total_params"] > 2 * dense["total_params"]
+    # Each of 2 layers adds 3 more SwiGLU experts (3 x d_model x d_ff each) and a router (d_model x 4).
+    assert balanced["total_params"] - dense["total_params"] == 2 * (3 * 3 * 32 * 32 + 32 * 4)
     for layer in balanced["final_expert_share"] + free["final_expert_share"]:
         assert len(layer) == 4 and math.isclose(sum(layer), 1.0, abs_tol=2e-3)
     assert (tmp_path / "expert_share.png").stat().st_size > 0
@@ -107,7 +120,7 @@ def test_sweep_arms_and_its_run(tmp_path):
     assert names == ["base", "depth 1", "heads 2", "kv heads 1"]  # depth 2 and width 64 are the base
     with pytest.raises(ValueError, match="kv_heads: 3 does not divide n_heads=4"):
         sweep.arms(sweep.Settings(kv_heads=[3]))
-    overrides = ["steps=2", "depths=[1]", "widths=[32]", "heads=[2]", "kv_heads=[1]"]
+    overrides = ["steps=2", "depths=[1]", "widths=[32]", "heads=[2]", "kv_heads=[1]", "seq_len=32", "batch_size=4"]
     summary = run_study("sweep", overrides, tmp_path, log=quiet)
     rows = {r["arm"]: r for r in summary["results"]}
     assert rows["kv heads 1"]["kv_cache_bytes_per_token"] * 4 == rows["base"]["kv_cache_bytes_per_token"]
