@@ -144,6 +144,13 @@ def cmd_attention(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from zoo.study import run_study
+
+    run_study(args.name, args.overrides, args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from zoo.info import DEFAULT_THROUGHPUT
 
@@ -217,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="a recipe YAML file (see recipes/ and docs/training.md)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=20 lora.r=4")
     p.set_defaults(fn=cmd_finetune)
+
+    p = sub.add_parser("study", help="run a study: zoo study icl shots=[0,1,2] --out runs/icl (see docs/study/)")
+    p.add_argument("name", help="which study (icl, ...)")
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. questions_per_task=5 shots=[0,1,2]")
+    p.add_argument("--out", default=None, help="output directory (default runs/study/NAME)")
+    p.set_defaults(fn=cmd_study)
     return parser
 
 

@@ -2,7 +2,8 @@
 
 A family subclass builds the modules (``embed``, optional ``pos`` and ``rope``, ``layers``,
 ``norm``, optional ``lm_head``) from its config; this class runs them. The config must have
-``vocab_size``, ``max_seq_len``, ``n_layers`` and ``sliding_window`` (None for full attention).
+``vocab_size``, ``max_seq_len``, ``n_layers`` and ``sliding_window`` (None for full attention);
+a family whose layers differ in their window overrides ``layer_windows``.
 """
 
 import math
@@ -67,16 +68,24 @@ class CausalLM(ZooModel):
 
         return generate(self, input_ids, attention_mask, **options)
 
+    def layer_windows(self) -> list[int | None]:
+        """Each layer's sliding window (None: the whole context); by default the config's, for every layer."""
+        return [self.config.sliding_window] * len(self.layers)
+
     def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
-        """An empty KV cache sized for this model (rolling when the model has a sliding window)."""
+        """An empty KV cache sized for this model (rolling when every layer has the same sliding window)."""
         attn = self.layers[0].attn
+        windows = set(self.layer_windows())
+        # Dense and banded layers mixed: a static cache for all, and the banded layers' mask
+        # keeps them inside their window.
+        window = windows.pop() if len(windows) == 1 else None
         return KVCache(
             len(self.layers),
             batch_size,
             attn.n_kv_heads,
             attn.head_dim,
             max_len,
-            window=self.config.sliding_window,
+            window=window,
             dtype=dtype or self.dtype,
             device=self.device,
         )
@@ -130,7 +139,10 @@ class CausalLM(ZooModel):
             q_idx, k_idx, key_valid = idx, idx, new_valid
         else:
             q_idx, k_idx, key_valid = cache.advance(T, new_valid)
-        mask = build_mask(q_idx, k_idx, key_valid, causal=True, window=self.config.sliding_window)
+        windows = self.layer_windows()
+        # One mask per distinct window (two at most for dense + banded layers), not one per layer.
+        masks = {w: build_mask(q_idx, k_idx, key_valid, causal=True, window=w) for w in set(windows)}
+        mask_kwargs = {"mask": masks[windows[0]]} if len(masks) == 1 else {"masks": [masks[w] for w in windows]}
 
         x = self.embed(input_ids)  # (B, T, d_model)
         if self.pos is not None:
@@ -139,7 +151,13 @@ class CausalLM(ZooModel):
         rope = self.rope(position_ids) if self.rope is not None else None
         states: list[torch.Tensor] | None = [] if output_hidden_states else None
         x = run_layers(
-            self.layers, x, checkpointing=self.gradient_checkpointing, states=states, mask=mask, rope=rope, cache=cache
+            self.layers,
+            x,
+            checkpointing=self.gradient_checkpointing,
+            states=states,
+            rope=rope,
+            cache=cache,
+            **mask_kwargs,
         )
         x = self.norm(x)
         h = x[:, -logits_to_keep:] if logits_to_keep > 0 else x

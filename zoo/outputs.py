@@ -20,6 +20,8 @@ class ModelOutput:
             (B, n_heads, T, S), in call order (see ``zoo.modeling``).
         cross_attentions: the same for cross-attention layers (encoder-decoders).
         cache: the KV cache, updated, when one was passed in.
+        mc_logits: (B, n_choices) multiple-choice scores (GPT-1's double-heads model).
+        mc_loss: the multiple-choice cross-entropy, when its labels were given (also in ``loss``).
     """
 
     logits: torch.Tensor | None = None
@@ -31,3 +33,5 @@ class ModelOutput:
     attentions: tuple[torch.Tensor, ...] | None = None
     cross_attentions: tuple[torch.Tensor, ...] | None = None
     cache: object | None = None
+    mc_logits: torch.Tensor | None = None
+    mc_loss: torch.Tensor | None = None

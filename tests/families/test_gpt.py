@@ -16,6 +16,9 @@ VARIANTS = {
     "gpt2": {},
     "rope-gqa-swiglu-rmsnorm": dict(position="rope", n_kv_heads=2, mlp="swiglu", norm="rmsnorm", bias=False),
     "sliding-window": dict(sliding_window=4),
+    # GPT-1's post-LN layers without a final norm; GPT-3's dense layer 0 and banded layer 1.
+    "post-ln": dict(prenorm=False, final_norm=False),
+    "dense-and-banded": dict(sliding_window=4, window_layers=(1,)),
 }
 
 
@@ -114,7 +117,7 @@ def test_kv_cache_decoding_equals_full_forward(variant):
     incremental = torch.cat(steps, dim=1)
     real = mask.bool()
     torch.testing.assert_close(incremental[real], full[real], atol=1e-5, rtol=0)
-    if VARIANTS[variant].get("sliding_window"):
+    if VARIANTS[variant].get("sliding_window") and "window_layers" not in VARIANTS[variant]:
         assert cache.keys[0].shape[2] <= model.config.sliding_window  # the cache rolls
 
 

@@ -74,6 +74,7 @@ def run_layers(
     x: torch.Tensor,
     checkpointing: bool = False,
     states: list[torch.Tensor] | None = None,
+    masks: list[torch.Tensor | None] | None = None,
     **kwargs,
 ) -> torch.Tensor:
     """Run a stack of layers.
@@ -81,9 +82,15 @@ def run_layers(
     Args:
         checkpointing: recompute each layer's activations in backward instead of keeping them.
         states: if a list is given, each layer's input is appended to it (hidden states).
+        masks: one attention mask per layer, for stacks whose layers mask differently (dense
+            and banded layers); instead of a single ``mask`` in kwargs.
         kwargs: passed to every layer (mask, rope, cache, context, ...).
     """
+    if masks is not None and len(masks) != len(layers):
+        raise ValueError(f"masks: {len(masks)} masks for {len(layers)} layers")
     for i, layer in enumerate(layers):
+        if masks is not None:
+            kwargs["mask"] = masks[i]
         if states is not None:
             states.append(x)
         # Not with a cache: the recomputation in backward would append this step's keys twice.

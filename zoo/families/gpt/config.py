@@ -1,4 +1,5 @@
-"""GPT-2's config, with its parts switchable to the modern ones (RMSNorm, SwiGLU, RoPE, GQA)."""
+"""The GPT series' config: GPT-2's defaults, GPT-1's post-LN and GPT-3's banded layers as switches,
+and every part switchable to the modern ones (RMSNorm, SwiGLU, RoPE, GQA)."""
 
 from dataclasses import dataclass
 
@@ -25,6 +26,11 @@ class GPTConfig(Config):
     dropout: float = 0.0
     tie_embeddings: bool = True
     sliding_window: int | None = None
+    # Which layers attend within the sliding window (GPT-3's locally banded layers); None: all of
+    # them when sliding_window is set. The other layers attend to the whole context.
+    window_layers: tuple[int, ...] | None = None
+    prenorm: bool = True  # False: post-LN, norm(x + f(x)), as GPT-1 (and the original Transformer)
+    final_norm: bool = True  # a norm after the last layer (GPT-2 added it; GPT-1 has none)
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -38,6 +44,20 @@ class GPTConfig(Config):
         self._choice("mlp", MLP_KINDS)
         self._choice("position", ("learned", "rope"))
         self._fraction("dropout")
+        if self.window_layers is not None:
+            # A saved config comes back from JSON as a list; the frozen config keeps a hashable tuple.
+            object.__setattr__(self, "window_layers", tuple(self.window_layers))
+            if self.sliding_window is None:
+                raise ConfigError("window_layers: names banded layers, but sliding_window (their band) is not set")
+            bad = [i for i in self.window_layers if not isinstance(i, int) or not 0 <= i < self.n_layers]
+            if bad:
+                raise ConfigError(f"window_layers: {bad} are not layer indices in [0, n_layers={self.n_layers})")
+
+    @property
+    def layer_windows(self) -> list[int | None]:
+        """Each layer's sliding window, None where the layer attends to the whole context."""
+        banded = range(self.n_layers) if self.window_layers is None else self.window_layers
+        return [self.sliding_window if i in banded else None for i in range(self.n_layers)]
 
     @property
     def head_dim(self) -> int:
