@@ -21,15 +21,13 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from zoo.hub import CheckpointWriteError
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 TRAINER_STATE = "trainer.json"
-
-
-class CheckpointWriteError(OSError):
-    """Writing a checkpoint failed; the previous checkpoint is intact."""
 
 
 def _fsync(path: Path) -> None:
@@ -95,7 +93,8 @@ def save_checkpoint(
         _fsync(root)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError):
+        # safetensors reports a full disk as its own SafetensorError, not an OSError.
+        if isinstance(err, (OSError, SafetensorError)):
             previous = latest_checkpoint(root)
             kept = f"the last good checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
             raise CheckpointWriteError(f"checkpoint: writing step {step} failed ({err}); {kept}") from err
