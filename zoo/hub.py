@@ -160,9 +160,7 @@ def _from_hf_cache(repo_id: str) -> Path:
     from huggingface_hub import constants, snapshot_download
 
     try:
-        return Path(
-            snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=constants.HF_HUB_OFFLINE)
-        )
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=constants.HF_HUB_OFFLINE))
     except (OSError, ValueError) as err:  # not cached offline, unknown repo, no network: all OSErrors
         raise CheckpointError(
             f"{repo_id}: no such file or directory, and not a model in the Hugging Face cache "

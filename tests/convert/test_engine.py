@@ -112,7 +112,9 @@ def test_a_missing_fused_key_names_every_parameter_it_fills():
     del source["h.0.qkv"]
     with pytest.raises(ConversionError) as err:
         convert_state_dict(source, RULES, expected=expected, source_name="ckpt")
-    assert "missing ckpt key h.0.qkv: it fills layers.0.k (2, 6), layers.0.q (6, 6), layers.0.v (2, 6)" in str(err.value)
+    assert "missing ckpt key h.0.qkv: it fills layers.0.k (2, 6), layers.0.q (6, 6), layers.0.v (2, 6)" in str(
+        err.value
+    )
 
 
 def test_shape_mismatch_names_source_and_target():

@@ -129,9 +129,7 @@ def _source_keys(target: str, rules: Sequence[Rule], fired: set[int]) -> tuple[s
     return found
 
 
-def _missing(
-    targets: list[str], rules: Sequence[Rule], fired: set[int], expected: dict, source_name: str
-) -> list[str]:
+def _missing(targets: list[str], rules: Sequence[Rule], fired: set[int], expected: dict, source_name: str) -> list[str]:
     """One line per absent checkpoint key, spelled as the checkpoint spells it, with the zoo
     parameters it fills and their shapes (a fused qkv key fills three)."""
     by_source: dict[tuple[str, ...] | None, list[str]] = {}

@@ -135,6 +135,26 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
 
 
+def read_trainer_state(path: str | Path) -> dict:
+    """A checkpoint's trainer.json (step, data position, the config and model it was written for)."""
+    path = Path(path)
+    try:
+        return json.loads((path / TRAINER_STATE).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: not a complete checkpoint (no {TRAINER_STATE})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path / TRAINER_STATE}: not valid JSON ({err})") from err
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, from its header (no tensor is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint directory: {"model", "optimizer", "rng", "trainer"}."""
     path = Path(path)

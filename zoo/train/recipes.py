@@ -8,6 +8,7 @@ digits. Before and after training the recipe shows what changed: generated answe
 exact-match rate for chat data, samples for text, accuracy for classifiers.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,6 +20,8 @@ import torch
 import yaml
 from torch import nn
 
+from zoo.train import checkpoint as ckpt
+from zoo.train import rundir
 from zoo.train.config import Recipe, RecipeError, resolve_path
 from zoo.train.data import (
     CausalLMTask,
@@ -397,11 +400,24 @@ def _export(recipe: Recipe, prep: Prepared, trainer: Trainer, log) -> dict[str, 
 
 
 def finetune(recipe: Recipe, log=print) -> FinetuneResult:
-    """Run a recipe end to end: build, show 'before', train, show 'after', export."""
+    """Run a recipe end to end: build, show 'before', train, show 'after', export.
+
+    The run directory is claimed (``zoo.train.rundir``: refused unless new, empty or zoo's) and
+    locked for the whole run, before anything is written into it."""
+    with contextlib.ExitStack() as stack:
+        if os.environ.get("RANK", "0") == "0":  # the first process owns the directory
+            rundir.claim(recipe.out_dir)
+            stack.enter_context(rundir.locked(recipe.out_dir))
+        return _finetune(recipe, log)
+
+
+def _finetune(recipe: Recipe, log) -> FinetuneResult:
     run_dir = Path(recipe.out_dir)
     prep = prepare(recipe)
     trainer = Trainer(prep.model, prep.task, prep.train, recipe.train, run_dir, eval_data=prep.eval, pad_id=prep.pad_id)
     main = trainer.world.is_main
+    if recipe.train.resume and (latest := ckpt.latest_checkpoint(run_dir / "checkpoints")) is not None:
+        trainer.check_resumable(latest)  # before recipe.yaml is rewritten: the record must match the checkpoints
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump(dataclasses.asdict(recipe), sort_keys=False))
