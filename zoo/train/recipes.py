@@ -135,20 +135,28 @@ def _label_field(config) -> str | None:
 def _with_new_head(model: nn.Module, task: str, num_labels: int | None) -> tuple[nn.Module, list[str]]:
     """The same family built for ``task``, the checkpoint's weights loaded into it; what the
     checkpoint lacks (the new head) keeps its fresh initialisation. Returns (model, new weights)."""
-    from zoo.registry import FAMILIES
+    from zoo.lora import with_task
 
-    family = FAMILIES[model.family]
     config = model.config
     field = _label_field(config)
     if num_labels is not None and field is not None:
         config = config.replace(**{field: num_labels})
-    new = family.model_class(task)(config).to(model.dtype)
-    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
-    if unexpected:
-        raise RecipeError(
-            f"model.task: the checkpoint's {model.task!r} weights {unexpected[:4]} have no place in a {task!r} model"
-        )
-    return new, list(missing)
+    try:
+        return with_task(model, task, config)
+    except ValueError as err:
+        raise RecipeError(f"model.{err}") from err
+
+
+def _head_weights(model: nn.Module) -> list[str]:
+    """A freshly built classifier's head: its parameters that the family's bare model lacks."""
+    from zoo.registry import FAMILIES
+
+    family = FAMILIES[model.family]
+    if model.task == "causal_lm" or "base" not in family.tasks or model.task == "base":
+        return []
+    with torch.device("meta"):
+        trunk = family.model_class("base")(model.config)
+    return sorted(set(dict(model.named_parameters())) - set(dict(trunk.named_parameters())))
 
 
 def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.Module, list[str]]:
@@ -175,6 +183,7 @@ def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.M
         except ValueError as err:
             raise RecipeError(f"model.overrides: {err}") from err
         model = model.to(dtype)
+        new_weights = _head_weights(model)
     else:
         model = zoo.from_pretrained(resolve_path(m.path), dtype=dtype)
         if m.task is not None and m.task != model.task:
@@ -261,12 +270,17 @@ def prepare(recipe: Recipe) -> Prepared:
         train = train[: d.max_examples]
     if not train:
         raise RecipeError(f"data.train: no training examples in {d.train or d.hf_name or d.format}")
+    if label_names:
+        model.label_names = list(label_names)  # into zoo.json and the HF export's id2label
     if recipe.lora.enabled:
         from zoo.lora import apply_lora
 
         lo = recipe.lora
+        # A new head starts random: it must train and be saved with the adapter (PEFT's
+        # modules_to_save), or the adapted model classifies with noise.
+        train_also = [*lo.train_also, *(w for w in new_weights if w not in lo.train_also)]
         try:
-            apply_lora(model, lo.targets, lo.r, lo.alpha, lo.dropout, lo.train_also)
+            apply_lora(model, lo.targets, lo.r, lo.alpha, lo.dropout, train_also)
         except ValueError as err:
             raise RecipeError(f"lora.{err}") from err
     pad_id = 0
@@ -370,7 +384,7 @@ def _export(recipe: Recipe, prep: Prepared, trainer: Trainer, log) -> dict[str, 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from zoo.hub import save_pretrained
-    from zoo.lora import merge_lora, save_adapter
+    from zoo.lora import base_model, export_peft, merge_lora, save_adapter
     from zoo.registry import FAMILIES
 
     run_dir, out = Path(recipe.out_dir), {}
@@ -383,20 +397,39 @@ def _export(recipe: Recipe, prep: Prepared, trainer: Trainer, log) -> dict[str, 
         if recipe.lora.enabled:
             from zoo.lora import apply_lora
 
-            lo = recipe.lora
-            apply_lora(model, lo.targets, lo.r, lo.alpha, lo.dropout, lo.train_also)
+            apply_lora(model, **raw.lora_config)  # the same adapters and extra trained parameters
+        model.label_names = prep.label_names
         model.load_state_dict(full)
     else:
         model = trainer.model
     if recipe.lora.enabled:
-        out["adapter"] = save_adapter(model, run_dir / "adapter")
+        base = recipe.model.path
+        if base is None:  # a fresh model: the adapter means nothing without these exact base weights
+            out["base model"] = save_pretrained(base_model(model), run_dir / "base", format="zoo")
+            _save_tokenizer_beside(prep.tokenizer, run_dir / "base")
+            base = "../base"  # relative to the adapter, so the run directory can move
+        out["adapter"] = save_adapter(model, run_dir / "adapter", base=base)
+        _save_tokenizer_beside(prep.tokenizer, run_dir / "adapter")
+        try:
+            out["PEFT adapter"] = export_peft(model, run_dir / "adapter", base=recipe.model.path)
+        except ValueError as err:
+            log(f"adapter: written in zoo's format only; PEFT's cannot express it ({err})")
         if recipe.lora.save_merged:
             out["merged model"] = save_pretrained(merge_lora(model), run_dir / "model", format="zoo")
+            _save_tokenizer_beside(prep.tokenizer, run_dir / "model")
     else:
         out["model"] = save_pretrained(model, run_dir / "model", format="zoo")
+        _save_tokenizer_beside(prep.tokenizer, run_dir / "model")
     if prep.label_names:
         (run_dir / "labels.json").write_text(json.dumps(prep.label_names) + "\n")
     return out
+
+
+def _save_tokenizer_beside(tokenizer, directory: Path) -> None:
+    """The tokenizer in the model's own directory: ``zoo generate DIR`` and from_pretrained users
+    then need nothing else."""
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, directory)
 
 
 def finetune(recipe: Recipe, log=print) -> FinetuneResult:
@@ -429,7 +462,8 @@ def _finetune(recipe: Recipe, log) -> FinetuneResult:
             f"{trainer.world.device}; run directory {run_dir}"
         )
         if prep.new_weights:
-            log(f"new head, randomly initialised (not in the checkpoint): {', '.join(prep.new_weights)}")
+            trained = "; trained and saved with the adapter" if recipe.lora.enabled else ""
+            log(f"new head, randomly initialised: {', '.join(prep.new_weights)}{trained}")
     before = show(recipe, prep, trainer)
     result = trainer.fit(log=log if main else lambda *a: None)
     if result.status == "interrupted":  # saved; the user wants the process back, not an evaluation
