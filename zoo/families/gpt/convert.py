@@ -21,6 +21,7 @@ def config_from_hf(hf: dict) -> GPTConfig:
             raise ConfigError(f"{key}: GPT-2 checkpoint sets {key}={hf[key]!r}; zoo's GPT supports only {default}")
     return GPTConfig(
         vocab_size=hf["vocab_size"],
+        dropout=_dropout(hf),
         max_seq_len=hf.get("n_positions", 1024),
         d_model=hf["n_embd"],
         n_layers=hf["n_layer"],
@@ -30,6 +31,22 @@ def config_from_hf(hf: dict) -> GPTConfig:
         mlp=_ACT_FROM_HF[act],
         tie_embeddings=hf.get("tie_word_embeddings", True),
     )
+
+
+_DROPOUTS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+
+def _dropout(hf: dict) -> float:
+    """transformers' three GPT-2 dropouts (0.1 each by default); zoo's GPT has one for all three."""
+    values = {key: hf.get(key, 0.1) for key in _DROPOUTS}
+    first = _DROPOUTS[0]
+    for key, value in values.items():
+        if value != values[first]:
+            raise ConfigError(
+                f"{key}: GPT-2 checkpoint sets {key}={value} but {first}={values[first]}; zoo's GPT has one "
+                "dropout for residual, embedding and attention: set the three equal in config.json"
+            )
+    return values[first]
 
 
 def config_to_hf(c: GPTConfig, task: str) -> dict:
@@ -46,7 +63,7 @@ def config_to_hf(c: GPTConfig, task: str) -> dict:
             raise ConfigError(
                 f"{name}: {getattr(c, name)!r} has no equivalent in transformers' GPT-2; save with format='zoo' instead"
             )
-    return {
+    hf = {
         "model_type": "gpt2",
         "architectures": ["GPT2LMHeadModel"],
         "vocab_size": c.vocab_size,
@@ -61,10 +78,10 @@ def config_to_hf(c: GPTConfig, task: str) -> dict:
         "embd_pdrop": c.dropout,
         "attn_pdrop": c.dropout,
         "tie_word_embeddings": c.tie_embeddings,
-        # GPT-2 tokenizer's <|endoftext|>; a model with a smaller vocabulary has no such token.
-        "bos_token_id": 50256 if c.vocab_size > 50256 else None,
-        "eos_token_id": 50256 if c.vocab_size > 50256 else None,
     }
+    if c.vocab_size > 50256:  # GPT-2 tokenizer's <|endoftext|>; zoo's config holds no token ids to write
+        hf |= {"bos_token_id": 50256, "eos_token_id": 50256}
+    return hf
 
 
 def rules(c: GPTConfig, task: str) -> list[Rule]:
