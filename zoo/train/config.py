@@ -235,15 +235,20 @@ class Recipe:
             value = getattr(self.data, key)
             if value is not None and needs_file and not resolve_path(value).is_file():
                 raise RecipeError(f"data.{key}: file {value!r} does not exist")
-        if self.model.path is not None and not resolve_path(self.model.path).exists():
-            raise RecipeError(f"model.path: {self.model.path!r} does not exist")
+        if self.model.path is not None:
+            from zoo.hub import resolve_checkpoint
+
+            try:
+                resolve_checkpoint(self.model.path)
+            except ValueError as err:
+                raise RecipeError(f"model.path: {err}") from err
         if self.lora.enabled and self.lora.r < 1:
             raise RecipeError(f"lora.r: must be at least 1, got {self.lora.r}")
 
 
 def resolve_path(value: str, base_dir: Path | None = None) -> Path:
-    """A recipe path: ``pkg://package/file`` inside an installed package, else a file path
-    (relative paths are tried from the working directory, then beside the recipe)."""
+    """A recipe path: ``pkg://package/file`` inside an installed package, else a file path;
+    a relative one is relative to ``base_dir`` (the recipe file's directory) when given."""
     if value.startswith("pkg://"):
         import importlib.util
 
@@ -252,10 +257,8 @@ def resolve_path(value: str, base_dir: Path | None = None) -> Path:
         if spec is None or not spec.submodule_search_locations:
             raise RecipeError(f"{value}: no installed package {package!r} (pip install it)")
         return Path(spec.submodule_search_locations[0]) / rest
-    path = Path(value)
-    if not path.is_absolute() and not path.exists() and base_dir is not None and (base_dir / path).exists():
-        return base_dir / path
-    return path
+    path = Path(value).expanduser()
+    return base_dir / path if base_dir is not None and not path.is_absolute() else path
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -372,17 +375,30 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
 def recipe_from_dict(data: dict, overrides: list[str] | None = None, base_dir: Path | None = None) -> Recipe:
     """Build and check a Recipe from a dict plus ``key=value`` overrides."""
     data = dict(data or {})
-    for key, value in parse_overrides(overrides or []):
+    parsed = parse_overrides(overrides or [])
+    for key, value in parsed:
         _set_dotted(data, key, value)
     recipe = _build(Recipe, data, "")
-    if base_dir is not None:  # paths written relative to the recipe file
-        for section, key in (("data", "train"), ("data", "eval"), ("model", "path"), (None, "tokenizer")):
+    if base_dir is not None:
+        # A path written in the recipe file is relative to that file, so a recipe runs from any
+        # directory; one typed on the command line is relative to where it is typed.
+        typed = {key for key, _ in parsed}
+        for dotted in _PATH_KEYS:
+            section, _, key = dotted.rpartition(".")
             owner = getattr(recipe, section) if section else recipe
             value = getattr(owner, key)
-            if value and not value.startswith("pkg://"):
-                setattr(owner, key, str(resolve_path(value, base_dir)))
+            if not value or dotted in typed or value.startswith(("pkg://", "bpe:")):
+                continue
+            beside = resolve_path(value, base_dir)
+            # A checkpoint named in the file that is not beside it may be a Hugging Face repo id.
+            if dotted in ("data.train", "data.eval") or beside.exists():
+                setattr(owner, key, str(beside))
     recipe.check()
     return recipe
+
+
+# Recipe keys holding input paths. out_dir is not one: a run's outputs go where it is started.
+_PATH_KEYS = ("data.train", "data.eval", "model.path", "tokenizer")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

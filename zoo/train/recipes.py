@@ -22,7 +22,7 @@ from torch import nn
 
 from zoo.train import checkpoint as ckpt
 from zoo.train import rundir
-from zoo.train.config import Recipe, RecipeError, resolve_path
+from zoo.train.config import Recipe, RecipeError
 from zoo.train.data import (
     CausalLMTask,
     ClassificationTask,
@@ -101,6 +101,7 @@ def _hf_rows(recipe: Recipe) -> list[dict]:
 
 def build_tokenizer(recipe: Recipe, run_dir: Path):
     """The recipe's tokenizer; ``bpe:N`` trains one on the training text (kept in run_dir/tokenizer)."""
+    from zoo.hub import resolve_checkpoint
     from zoo.tokenizer import load_tokenizer
 
     spec = recipe.tokenizer
@@ -112,10 +113,13 @@ def build_tokenizer(recipe: Recipe, run_dir: Path):
                 "tokenizer: model.name builds a random model with no tokenizer; set tokenizer to a path "
                 "or to bpe:N to train an N-token BPE on the training text"
             )
-        return load_tokenizer(resolve_path(recipe.model.path))
+        return load_tokenizer(resolve_checkpoint(recipe.model.path))
     match = re.fullmatch(r"bpe:(\d+)", spec)
     if match is None:
-        return load_tokenizer(resolve_path(spec))
+        try:
+            return load_tokenizer(resolve_checkpoint(spec))
+        except ValueError as err:
+            raise RecipeError(f"tokenizer: {err}") from err
     saved = run_dir / "tokenizer"
     if recipe.train.resume and (saved / "tokenizer.json").is_file():
         return load_tokenizer(saved)  # the vocabulary the checkpoints were trained with
@@ -185,7 +189,7 @@ def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.M
         model = model.to(dtype)
         new_weights = _head_weights(model)
     else:
-        model = zoo.from_pretrained(resolve_path(m.path), dtype=dtype)
+        model = zoo.from_pretrained(m.path, dtype=dtype)
         if m.task is not None and m.task != model.task:
             model, new_weights = _with_new_head(model, m.task, num_labels)
     vocab = getattr(model.config, "vocab_size", None)
