@@ -40,9 +40,12 @@ SAVE_MANIFEST = ".zoo-save.json"
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object ({{...}}), got {type(data).__name__}")
+    return data
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -182,6 +185,42 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"{local}: no such file or directory")
 
 
+def read_architecture(path: Path, task: str | None = None) -> tuple[Family, str, object, dict]:
+    """(family, task, config, the config file's contents) of a checkpoint directory, from its
+    zoo.json or config.json alone: enough to build the model (on the meta device, say) unloaded."""
+    if (path / ZOO_CONFIG).exists():
+        where = path / ZOO_CONFIG
+        meta = read_json(where)
+        _load_families()
+        family = FAMILIES.get(meta.get("family"))
+        if family is None:
+            raise CheckpointError(
+                f"{where}: unknown family {meta.get('family')!r}; known: {', '.join(sorted(FAMILIES))}"
+            )
+        if not isinstance(meta.get("config"), dict):
+            raise CheckpointError(f"{where}: no 'config' object (the {family.name} config's fields)")
+        try:
+            config = family.config_cls.from_dict(meta["config"])
+        except TypeError as err:  # a field the config class does not have
+            raise CheckpointError(f"{where}: config does not fit a {family.name} config ({err})") from err
+        task = task or meta.get("task")
+        family.model_class(task)
+        return family, task, config, meta
+    if (path / "config.json").exists():
+        where = path / "config.json"
+        hf_config = read_json(where)
+        family = detect_family(hf_config, path)
+        task = task_from_hf(family, hf_config, task)
+        try:
+            config = family.config_from_hf(hf_config)
+        except KeyError as err:
+            raise CheckpointError(f"{where}: no {err.args[0]!r} field, which a {family.name} config needs") from err
+        except TypeError as err:  # a field of the wrong type (a string where a number belongs)
+            raise CheckpointError(f"{where}: a field has the wrong type for a {family.name} config ({err})") from err
+        return family, task, config, hf_config
+    raise CheckpointError(f"{path}: not a checkpoint directory (no config.json or {ZOO_CONFIG} in it)")
+
+
 def from_pretrained(
     path: str | os.PathLike,
     task: str | None = None,
@@ -211,31 +250,16 @@ def from_pretrained(
                 f"{', '.join(sorted(FILE_LOADERS)) or '(none)'}; not {path.suffix or 'a file without suffix'}"
             )
         model = loader(path, task=task)
-    elif (path / ZOO_CONFIG).exists():
-        meta = read_json(path / ZOO_CONFIG)
-        _load_families()
-        family = FAMILIES.get(meta.get("family"))
-        if family is None:
-            raise CheckpointError(f"{path / ZOO_CONFIG}: unknown family {meta.get('family')!r}")
-        model = family.model_class(task or meta.get("task"))(family.config_cls.from_dict(meta["config"]))
-        state = read_weights(path)
-        load_converted(model, state, identity_rules(state), source_name=str(path))
-        _set_label_names(model, meta.get("label_names"), path / ZOO_CONFIG)
-    elif (path / "config.json").exists():
-        hf_config = read_json(path / "config.json")
-        family = detect_family(hf_config, path)
-        task = task_from_hf(family, hf_config, task)
-        try:
-            config = family.config_from_hf(hf_config)
-        except KeyError as err:
-            raise CheckpointError(
-                f"{path / 'config.json'}: no {err.args[0]!r} field, which a {family.name} config needs"
-            ) from err
-        model = family.model_class(task)(config)
-        load_converted(model, read_weights(path), family.rules(config, task), source_name=str(path))
-        _set_label_names(model, _labels_from_hf(hf_config, path / "config.json"), path / "config.json")
     else:
-        raise CheckpointError(f"{path}: not a checkpoint directory (no config.json or {ZOO_CONFIG} in it)")
+        family, task, config, source = read_architecture(path, task)
+        model = family.model_class(task)(config)
+        if (path / ZOO_CONFIG).exists():
+            state = read_weights(path)
+            load_converted(model, state, identity_rules(state), source_name=str(path))
+            _set_label_names(model, source.get("label_names"), path / ZOO_CONFIG)
+        else:
+            load_converted(model, read_weights(path), family.rules(config, task), source_name=str(path))
+            _set_label_names(model, _labels_from_hf(source, path / "config.json"), path / "config.json")
     if dtype is not None:
         model = model.to(dtype)
     if device is not None:
