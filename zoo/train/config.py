@@ -7,8 +7,10 @@ the close matches (``train.lrr: unknown key; did you mean train.lr?``).
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,10 @@ import yaml
 
 class RecipeError(ValueError):
     """A recipe is wrong; the message starts with the dotted key."""
+
+
+class RecipeWarning(UserWarning):
+    """A recipe that runs but probably not as meant; the message starts with the dotted key."""
 
 
 def _choices(*values: str, default: str) -> Any:
@@ -95,6 +101,14 @@ class TrainConfig:
                 raise RecipeError(f"{prefix}.{name}: must be at least 1, got {value}")
         if self.warmup_steps < 0:
             raise RecipeError(f"{prefix}.warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if self.steps < self.warmup_steps:
+            peak = self.steps / self.warmup_steps
+            warnings.warn(
+                f"{prefix}.steps={self.steps} is shorter than {prefix}.warmup_steps={self.warmup_steps}: the learning "
+                f"rate stops at {peak:.0%} of {prefix}.lr and never decays",
+                RecipeWarning,
+                stacklevel=2,
+            )
         if self.lr <= 0:
             raise RecipeError(f"{prefix}.lr: must be positive, got {self.lr}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -411,6 +425,58 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML ({err})") from err
     return recipe_from_dict(data, overrides, base_dir=path.parent)
+
+
+def _type_text(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_type_text(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is not None:
+        return str(tp).replace("typing.", "")
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _attribute_docs(cls) -> dict[str, str]:
+    """``name: text`` lines of a dataclass's ``Attributes:`` docstring (``a, b: text`` names two)."""
+    docs, current = {}, []
+    for line in (cls.__doc__ or "").split("Attributes:")[-1].splitlines():
+        m = re.match(r"\s{8}([\w, ]+): (.*)", line)
+        if m:
+            current = [n.strip() for n in m.group(1).split(",")]
+            for name in current:
+                docs[name] = m.group(2)
+        elif line.startswith(" " * 12) and current:
+            for name in current:
+                docs[name] += " " + line.strip()
+    return docs
+
+
+def describe_recipe(recipe: Recipe) -> str:
+    """Every recipe key with its type, default and this recipe's value (``zoo finetune --print-config``)."""
+    rows = []
+
+    def walk(cls, value, prefix):
+        hints, docs = typing.get_type_hints(cls), _attribute_docs(cls)
+        for f in dataclasses.fields(cls):
+            dotted = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], getattr(value, f.name), dotted + ".")
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            choices = f.metadata.get("choices")
+            kind = " | ".join(choices) if choices else _type_text(hints[f.name])
+            rows.append((dotted, kind, repr(default), repr(getattr(value, f.name)), docs.get(f.name, "")))
+
+    walk(Recipe, recipe, "")
+    widths = [min(max(len(r[i]) for r in rows), 32) for i in range(4)]  # a long default overflows its column
+    header = ("key", "type", "default", "value", "")
+    lines = [f"{header[0]:<{widths[0]}}  {header[1]:<{widths[1]}}  {header[2]:<{widths[2]}}  value"]
+    for key, kind, default, value, doc in rows:
+        mark = "" if value == default else "  *"
+        lines.append(f"{key:<{widths[0]}}  {kind:<{widths[1]}}  {default:<{widths[2]}}  {value}{mark}")
+        if doc:
+            lines.append(f"{'':<{widths[0]}}    {doc}")
+    lines.append("(* differs from the default)")
+    return "\n".join(lines)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

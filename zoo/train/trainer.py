@@ -502,7 +502,7 @@ class Trainer:
             torch.manual_seed(c.seed + 1000 * self.world.rank)  # dropout; each process its own stream
         main = self.world.is_main
         metrics = MetricsLog(self.run_dir, self.step, c.tensorboard, self.unit) if main else None
-        progress = Progress(c.steps, self.step, main and c.progress == "tqdm", self.unit)
+        progress = Progress(c.steps, self.step, main and c.progress == "tqdm", self.unit, every=c.log_every)
         result = TrainResult(status="finished", step=self.step)
         if c.debug:
             self._watch = NonFiniteWatch(self.model).__enter__()
