@@ -121,10 +121,10 @@ def run_parity(
     seed: int = 0,
 ) -> ParityReport:
     """Compare zoo with the reference on the checkpoint at ``path``; see the module docstring."""
-    from zoo.hub import from_pretrained
+    from zoo.hub import from_pretrained, resolve_checkpoint
     from zoo.registry import get_family
 
-    path = Path(path)
+    path = resolve_checkpoint(path)  # a directory or file, pkg://..., or a Hub repo id in the local cache
     model = from_pretrained(path, task=task)
     family = get_family(model.family)
     spec: ParitySpec | None = family.parity
