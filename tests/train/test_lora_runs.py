@@ -120,3 +120,26 @@ def test_peft_export_refuses_a_module_fused_in_the_reference(tmp_path):
     apply_lora(model, ["attn.q_proj"], r=4)
     with pytest.raises(ValueError, match=r"layers.0.attn.q_proj: has no one-to-one module in the reference"):
         export_peft(model, tmp_path / "adapter")
+
+
+def test_zoo_generate_takes_a_run_directory_or_a_base_with_its_adapter(tmp_path, capsys):
+    from zoo.cli import main
+
+    logs = []
+    recipe = load_recipe(
+        ROOT / "recipes" / "gpt2-text.yaml",
+        [f"out_dir={tmp_path / 'run'}", "lora.enabled=true", "lora.r=2", *FAST, "train.steps=2", "train.batch_size=4",
+         "data.max_len=16", "sample.prompts=[]", "model.overrides={n_layers: 1, d_model: 32, n_heads: 2}"],
+    )  # fmt: skip
+    finetune(recipe, log=logs.append)
+    assert any("PEFT's cannot express it (layers.0.attn.q_proj" in line for line in logs)  # GPT-2's fused c_attn
+    run = tmp_path / "run"
+    args = ["--prompt", "The lions", "--max-new-tokens", "5"]
+    assert main(["generate", str(run), *args]) == 0
+    from_run = capsys.readouterr().out
+    assert main(["generate", str(run / "base"), "--adapter", str(run / "adapter"), *args]) == 0
+    assert capsys.readouterr().out == from_run
+    model, tok = load_adapted(run / "adapter"), zoo.load_tokenizer(run / "adapter")
+    ids = tok.encode("The lions")
+    out = model.generate(torch.tensor([ids]), max_new_tokens=5, eos_token_id=tok.eos_token_id)
+    assert from_run == tok.decode(out[0, len(ids) :].tolist()) + "\n"
