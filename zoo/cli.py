@@ -71,6 +71,9 @@ def _info_model(name_or_path: str):
 def cmd_info(args) -> int:
     from zoo.info import model_info
 
+    if args.context is not None and args.context < 1:
+        raise ValueError(f"--context: must be a positive number of tokens, got {args.context}")
+
     model = _info_model(args.name)
     print(model_info(model, args.name, context=args.context).text())
     return 0

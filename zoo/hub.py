@@ -261,10 +261,25 @@ def from_pretrained(
             load_converted(model, read_weights(path), family.rules(config, task), source_name=str(path))
             _set_label_names(model, _labels_from_hf(source, path / "config.json"), path / "config.json")
     if dtype is not None:
-        model = model.to(dtype)
+        model = model.to(_dtype(dtype))
     if device is not None:
-        model = model.to(device)
+        model = model.to(_device(device))
     return model.eval()
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A torch dtype, or its name as users type it (``"bfloat16"``)."""
+    found = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        raise ValueError(f"dtype: expected a floating-point torch dtype (torch.float32, 'bfloat16'), got {dtype!r}")
+    return found
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: {device!r} is not a device ({str(err).splitlines()[0][:80]})") from err
 
 
 def _labels_from_hf(hf_config: dict, where: Path) -> list[str] | None:
@@ -367,6 +382,8 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, format: str = "hf
     """
     path = Path(path)
     _load_families()
+    if getattr(model, "family", None) not in FAMILIES:
+        raise ValueError(f"model: a {type(model).__name__} is not a zoo model (it names no zoo family)")
     family = FAMILIES[model.family]
     if any(hasattr(m, "lora_A") for m in model.modules()):
         raise ValueError("model: has LoRA adapters; zoo.lora.save_adapter saves them, or merge_lora(model) first")

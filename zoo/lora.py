@@ -105,8 +105,10 @@ def apply_lora(
 
     Returns the adapted module names. Raises ValueError naming the target that matched nothing.
     """
-    if r < 1:
-        raise ValueError(f"r: LoRA rank must be at least 1, got {r}")
+    if isinstance(targets, str):  # iterating it would try each character as a module name
+        raise ValueError(f"targets: expected a list of module names, got the string {targets!r}; use [{targets!r}]")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"r: LoRA rank must be an integer >= 1, got {r!r}")
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not isinstance(m, LoRALinear)}
     adapted = []
     for target in targets:

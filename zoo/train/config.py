@@ -424,6 +424,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise RecipeError(
+            f"{path}: a recipe is a mapping of sections (model:, data:, train:), not a {type(data).__name__}"
+        )
     return recipe_from_dict(data, overrides, base_dir=path.parent)
 
 

@@ -125,6 +125,8 @@ def build_tokenizer(recipe: Recipe, run_dir: Path):
         return load_tokenizer(saved)  # the vocabulary the checkpoints were trained with
     if recipe.data.format != "text":
         raise RecipeError(f"tokenizer: bpe:N trains on plain text (data.format: text), not {recipe.data.format!r}")
+    if int(match.group(1)) <= 257:  # byte-level BPE starts from 256 bytes plus <|endoftext|>
+        raise RecipeError(f"tokenizer: {spec} is too small; a byte-level BPE has 257 tokens before any merge")
     tokenizer = train_bpe_tokenizer(read_text_file(recipe.data.train), int(match.group(1)))
     if os.environ.get("RANK", "0") == "0":  # every process trains the same one; the first keeps it
         save_tokenizer(tokenizer, saved)
@@ -260,6 +262,8 @@ def prepare(recipe: Recipe) -> Prepared:
             train = classification_examples(tokenizer, pairs, d.max_len)
         eval_ = None
     num_labels = len(label_names) if _is_classification(recipe) else None
+    if num_labels is not None and num_labels < 2:
+        raise RecipeError(f"data.train: every example has the label {label_names}; a classifier needs at least two")
     torch.manual_seed(seed)  # the same initial weights on every process and every run
     model, new_weights = build_model(recipe, tokenizer, num_labels)
     task = _check_task(recipe, model)
@@ -308,6 +312,11 @@ def generate_texts(model: nn.Module, tokenizer, prompts: list[list[int]], max_ne
     for i, p in enumerate(prompts):
         ids[i, T - len(p) :], mask[i, T - len(p) :] = torch.tensor(p), 1
     device = next(model.parameters()).device
+    if T >= model.config.max_seq_len:
+        raise RecipeError(
+            f"sample: a prompt of {T} tokens leaves no room to generate in the model's max_seq_len="
+            f"{model.config.max_seq_len}; shorten sample.prompts (or the chat examples)"
+        )
     max_new_tokens = min(max_new_tokens, model.config.max_seq_len - T)
     was_training = model.training
     model.eval()
