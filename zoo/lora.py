@@ -172,7 +172,10 @@ def with_task(model: nn.Module, task: str, config=None) -> tuple[nn.Module, list
 
     family = FAMILIES[model.family]
     new = family.model_class(task)(config or model.config).to(model.dtype)
-    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    shapes = {k: v.shape for k, v in new.state_dict().items()}
+    # A head resized to another number of classes starts fresh, like a new one.
+    state = {k: v for k, v in model.state_dict().items() if k not in shapes or shapes[k] == v.shape}
+    missing, unexpected = new.load_state_dict(state, strict=False)
     if unexpected:
         raise ValueError(
             f"task: the checkpoint's {model.task!r} weights {unexpected[:4]} have no place in a {task!r} model"

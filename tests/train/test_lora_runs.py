@@ -143,3 +143,19 @@ def test_zoo_generate_takes_a_run_directory_or_a_base_with_its_adapter(tmp_path,
     ids = tok.encode("The lions")
     out = model.generate(torch.tensor([ids]), max_new_tokens=5, eos_token_id=tok.eos_token_id)
     assert from_run == tok.decode(out[0, len(ids) :].tolist()) + "\n"
+
+
+def test_a_head_resized_to_the_data_trains_with_lora(tmp_path):
+    torch.manual_seed(0)
+    three = zoo.create_model("bert-cls-tiny", vocab_size=30522, max_seq_len=64)  # 3 classes; the data has 2
+    zoo.save_pretrained(three, tmp_path / "three", format="zoo")
+    recipe = load_recipe(
+        ROOT / "recipes" / "bert-sentiment.yaml",
+        [f"out_dir={tmp_path / 'run'}", f"model.path={tmp_path / 'three'}", f"tokenizer={MINILM}",
+         "lora.enabled=true", *FAST],
+    )  # fmt: skip
+    prep = prepare(recipe)
+    assert prep.model.config.n_labels == 2 and sorted(prep.new_weights) == ["classifier.bias", "classifier.weight"]
+    trained = sorted(n for n, p in prep.model.named_parameters() if p.requires_grad and "lora_" not in n)
+    assert trained == ["classifier.bias", "classifier.weight"]
+    torch.testing.assert_close(prep.model.layers[0].attn.q_proj.weight, three.layers[0].attn.q_proj.weight)

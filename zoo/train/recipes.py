@@ -192,7 +192,9 @@ def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.M
         new_weights = _head_weights(model)
     else:
         model = zoo.from_pretrained(m.path, dtype=dtype)
-        if m.task is not None and m.task != model.task:
+        field = _label_field(model.config)
+        resize = m.task == model.task and num_labels is not None and getattr(model.config, field, None) != num_labels
+        if m.task is not None and (m.task != model.task or resize):  # a new head, or one resized to the data
             model, new_weights = _with_new_head(model, m.task, num_labels)
     vocab = getattr(model.config, "vocab_size", None)
     if tokenizer is not None and vocab is not None and tokenizer.vocab_size > vocab:
@@ -203,7 +205,7 @@ def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.M
     if num_labels is not None and field is not None and getattr(model.config, field) != num_labels:
         raise RecipeError(
             f"model: the model's head has {getattr(model.config, field)} classes ({field}), the data has "
-            f"{num_labels}; set model.overrides.{field}={num_labels}, or model.task for a new head on a checkpoint"
+            f"{num_labels}; set model.task for a new head of {num_labels} classes on the checkpoint"
         )
     return model, new_weights
 
