@@ -49,7 +49,7 @@ def test_zoo_info_and_list_as_a_user_runs_them(capsys):
     assert f"FLOPs/token forward:      {2 * active + 2 * 32 * 32768 * 4096:,}" in out
     assert "layers.0.mlp.experts.7.down.weight" in out and "layers.0.mlp.router.weight" in out
     assert zoo_cli(["list", "llama*"]) == 0
-    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]  # under the header
     assert listed == ["llama-2-7b", "llama-3-8b", "llama-3.2-1b", "llama-tiny"]
 
 
