@@ -119,3 +119,11 @@ def test_a_full_disk_during_a_checkpoint_is_a_checkpoint_write_error(run_dir):
         Trainer(tiny_gpt(), CausalLMTask(), data, config(steps=3), run_dir).fit()
     assert ckpt.latest_checkpoint(run_dir / "checkpoints") == good and _digest(good) == before
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+
+
+def test_a_run_of_an_older_zoo_is_refused_with_how_to_adopt_it(run_dir):
+    (run_dir / "checkpoints" / "step-00000001").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-00000001" / "trainer.json").write_text("{}")
+    (run_dir / "recipe.yaml").write_text("out_dir: run\n")
+    with pytest.raises(RunDirError, match=rf"from before run markers, `touch {run_dir / MARKER}` adopts it"):
+        Trainer(tiny_gpt(), CausalLMTask(), lm_examples(8), config(steps=1), run_dir).fit()

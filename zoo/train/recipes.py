@@ -476,7 +476,7 @@ def _finetune(recipe: Recipe, log) -> FinetuneResult:
             f"{len(prep.train)} examples ({len(prep.eval)} held out); {trainer.world.size} process(es) on "
             f"{trainer.world.device}; run directory {run_dir}"
         )
-        if prep.new_weights:
+        if prep.new_weights and (recipe.model.path is not None or recipe.lora.enabled):
             trained = "; trained and saved with the adapter" if recipe.lora.enabled else ""
             log(f"new head, randomly initialised: {', '.join(prep.new_weights)}{trained}")
     before = show(recipe, prep, trainer)

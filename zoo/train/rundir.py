@@ -40,9 +40,13 @@ def claim(run_dir: str | Path) -> Path:
     if is_run_dir(run_dir):
         return run_dir
     if run_dir.is_dir() and any(p.name != LOCK for p in run_dir.iterdir()):
+        older = (run_dir / "recipe.yaml").is_file() or any(run_dir.glob("checkpoints/step-*/trainer.json"))
+        hint = (
+            f"; if it is a run of a zoo from before run markers, `touch {run_dir / MARKER}` adopts it" if older else ""
+        )
         raise RunDirError(
             f"out_dir: {run_dir} is not empty and is not a zoo run directory (no {MARKER} marker in it); "
-            "zoo writes and deletes only in its own run directories. Choose a new or empty out_dir"
+            f"zoo writes and deletes only in its own run directories. Choose a new or empty out_dir{hint}"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
