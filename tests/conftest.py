@@ -1,5 +1,9 @@
 """Shared test helpers: random non-default weights, tiny reference checkpoints on disk."""
 
+import contextlib
+import resource
+import signal
+
 import pytest
 import torch
 
@@ -47,3 +51,18 @@ def tiny_test_variants() -> list[str]:
 def tmp_ckpt(tmp_path):
     """A fresh directory for a checkpoint."""
     return tmp_path / "ckpt"
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """Make every file write in this process fail past ``nbytes`` (RLIMIT_FSIZE: the kernel
+    refuses the write with EFBIG), the way a full disk fails a write half way: the real error
+    from the real writer, safetensors' own SafetensorError included, with nothing mocked."""
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, old_handler)

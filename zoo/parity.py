@@ -214,10 +214,10 @@ def run_parity(
     Below fp32, each row also says how far zoo and the reference each are from the reference at
     fp32: zoo should be within 3x the reference's own rounding error.
     """
-    from zoo.hub import directory_format, from_pretrained
+    from zoo.hub import directory_format, from_pretrained, resolve_checkpoint
     from zoo.registry import get_family
 
-    path = Path(path)
+    path = resolve_checkpoint(path)  # a directory or file, pkg://..., or a Hub repo id in the local cache
     model = from_pretrained(path, task=task)
     family = get_family(model.family)
     spec: ParitySpec | None = family.parity

@@ -1,5 +1,6 @@
 """The `zoo` command line, run in-process as a user would run it: list, info, parity, errors."""
 
+import json
 import re
 
 import pytest
@@ -24,17 +25,33 @@ def run(capsys, *argv):
 def test_list_everything(capsys):
     code, out, err = run(capsys, "list")
     assert code == 0 and not err
-    names = [line.split()[0] for line in out.splitlines()]
-    assert names == zoo.list_models()
-    gpt2 = next(line for line in out.splitlines() if line.split()[0] == "gpt2")
-    assert gpt2.split()[1:] == ["gpt", "https://huggingface.co/openai-community/gpt2/blob/main/config.json"]
+    header, *lines = out.splitlines()
+    assert header.split() == ["NAME", "FAMILY", "TASK", "PARAMS", "SOURCE"]
+    assert [line.split()[0] for line in lines] == zoo.list_models()
+    gpt2 = next(line for line in lines if line.split()[0] == "gpt2")
+    assert gpt2.split()[1:] == ["gpt", "causal_lm", "124.4M",
+                                "https://huggingface.co/openai-community/gpt2/blob/main/config.json"]  # fmt: skip
+
+
+def test_list_as_json(capsys):
+    code, out, _ = run(capsys, "list", "gpt2*", "--json")
+    rows = json.loads(out)
+    assert code == 0 and [r["name"] for r in rows] == zoo.list_models("gpt2*")
+    assert rows[0] | {"parameters": _reference_gpt2_parameters()} == rows[0] and rows[0]["family"] == "gpt"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out == f"zoo {zoo.__version__}\n"
 
 
 def test_list_with_a_glob(capsys):
     code, out, _ = run(capsys, "list", "gpt2*")
     assert code == 0
-    assert [line.split()[0] for line in out.splitlines()] == zoo.list_models("gpt2*")
-    assert {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"} <= {line.split()[0] for line in out.splitlines()}
+    names = [line.split()[0] for line in out.splitlines()[1:]]
+    assert names == zoo.list_models("gpt2*")
+    assert {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"} <= set(names)
 
 
 def test_list_with_no_match_exits_1(capsys):
@@ -137,3 +154,32 @@ def test_usage_errors_exit_2(capsys):
             main(argv)
         assert exc.value.code == 2
     capsys.readouterr()
+
+
+def _leaf_keys(cls, prefix=""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _leaf_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}"
+
+
+def test_finetune_print_config_shows_every_key_with_type_and_default(capsys):
+    from pathlib import Path
+
+    from zoo.train.config import Recipe
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "gpt2-text.yaml"
+    code, out, _ = run(capsys, "finetune", str(recipe), "train.steps=7", "--print-config")
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line and not line.startswith(" ")}
+    missing = [k for k in _leaf_keys(Recipe) if k not in rows]
+    assert not missing, missing
+    assert rows["train.steps"] == ["train.steps", "int", "100", "7", "*"]
+    assert rows["train.precision"][:3] == ["train.precision", "fp32", "|"]  # the choices
+    assert rows["lora.r"] == ["lora.r", "int", "8", "8"]
+    assert "peak learning rate." in out  # each key's line from the docs

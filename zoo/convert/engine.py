@@ -114,6 +114,37 @@ def _shape(t) -> tuple:
     return tuple(t.shape) if hasattr(t, "shape") else tuple(t)
 
 
+def _source_keys(target: str, rules: Sequence[Rule], fired: set[int]) -> tuple[str, ...] | None:
+    """The checkpoint keys that would fill ``target``: from a rule that matched other keys of
+    this checkpoint if one can (GPT-2's rules read both ``transformer.h...`` and ``h...``)."""
+    found = None
+    for index, rule in enumerate(rules):
+        for template in rule.dst:
+            m = _pattern(template).fullmatch(target)
+            if m is not None:
+                keys = tuple(t.format(**m.groupdict()) for t in rule.src)
+                if index in fired:
+                    return keys
+                found = found or keys
+    return found
+
+
+def _missing(targets: list[str], rules: Sequence[Rule], fired: set[int], expected: dict, source_name: str) -> list[str]:
+    """One line per absent checkpoint key, spelled as the checkpoint spells it, with the zoo
+    parameters it fills and their shapes (a fused qkv key fills three)."""
+    by_source: dict[tuple[str, ...] | None, list[str]] = {}
+    for key in targets:
+        by_source.setdefault(_source_keys(key, rules, fired), []).append(key)
+    lines = []
+    for src, keys in by_source.items():
+        fills = ", ".join(f"{k} {_shape(expected[k])}" for k in keys)
+        if src is None:  # no rule reads it (zoo's own layout: the checkpoint spells it as zoo does)
+            lines += [f"missing {source_name} key for {k}: the model expects shape {_shape(expected[k])}" for k in keys]
+        else:
+            lines.append(f"missing {source_name} key {', '.join(src)}: it fills {fills} in the model")
+    return lines
+
+
 def convert_state_dict(
     source: dict[str, torch.Tensor],
     rules: Sequence[Rule],
@@ -130,7 +161,8 @@ def convert_state_dict(
     out: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
     problems: list[str] = []
-    for rule in rules:
+    fired: set[int] = set()
+    for index, rule in enumerate(rules):
         first = _pattern(rule.src[0])
         # A template without placeholders names one key: look it up rather than scan, so
         # identity rules over a whole state dict stay linear.
@@ -150,6 +182,7 @@ def convert_state_dict(
                 remaining.pop(key)
                 continue
             tensors = [remaining.pop(k) for k in src_keys]
+            fired.add(index)
             if not rule.dst:
                 continue
             try:
@@ -164,8 +197,7 @@ def convert_state_dict(
     for key in sorted(remaining):
         problems.append(f"unexpected {source_name} key {key} {_shape(remaining[key])}: no rule maps it")
     if expected is not None:
-        for key in sorted(set(expected) - set(out)):
-            problems.append(f"missing {source_name} key for {key}: the model expects shape {_shape(expected[key])}")
+        problems += _missing(sorted(set(expected) - set(out)), rules, fired, expected, source_name)
         for key in sorted(set(out) - set(expected)):
             problems.append(f"{source_name} key {origin[key]} {_shape(out[key])} maps to {key}, which the model lacks")
         for key in sorted(set(out) & set(expected)):

@@ -21,15 +21,13 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from zoo.hub import CheckpointWriteError
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 TRAINER_STATE = "trainer.json"
-
-
-class CheckpointWriteError(OSError):
-    """Writing a checkpoint failed; the previous checkpoint is intact."""
 
 
 def _fsync(path: Path) -> None:
@@ -95,7 +93,8 @@ def save_checkpoint(
         _fsync(root)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError):
+        # safetensors reports a full disk as its own SafetensorError, not an OSError.
+        if isinstance(err, (OSError, SafetensorError)):
             previous = latest_checkpoint(root)
             kept = f"the last good checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
             raise CheckpointWriteError(f"checkpoint: writing step {step} failed ({err}); {kept}") from err
@@ -132,6 +131,26 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+
+
+def read_trainer_state(path: str | Path) -> dict:
+    """A checkpoint's trainer.json (step, data position, the config and model it was written for)."""
+    path = Path(path)
+    try:
+        return json.loads((path / TRAINER_STATE).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: not a complete checkpoint (no {TRAINER_STATE})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path / TRAINER_STATE}: not valid JSON ({err})") from err
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, from its header (no tensor is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as err:
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
 

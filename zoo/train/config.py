@@ -7,8 +7,10 @@ the close matches (``train.lrr: unknown key; did you mean train.lr?``).
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,10 @@ import yaml
 
 class RecipeError(ValueError):
     """A recipe is wrong; the message starts with the dotted key."""
+
+
+class RecipeWarning(UserWarning):
+    """A recipe that runs but probably not as meant; the message starts with the dotted key."""
 
 
 def _choices(*values: str, default: str) -> Any:
@@ -95,6 +101,14 @@ class TrainConfig:
                 raise RecipeError(f"{prefix}.{name}: must be at least 1, got {value}")
         if self.warmup_steps < 0:
             raise RecipeError(f"{prefix}.warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if self.steps < self.warmup_steps:
+            peak = self.steps / self.warmup_steps
+            warnings.warn(
+                f"{prefix}.steps={self.steps} is shorter than {prefix}.warmup_steps={self.warmup_steps}: the learning "
+                f"rate stops at {peak:.0%} of {prefix}.lr and never decays",
+                RecipeWarning,
+                stacklevel=2,
+            )
         if self.lr <= 0:
             raise RecipeError(f"{prefix}.lr: must be positive, got {self.lr}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -249,15 +263,20 @@ class Recipe:
             value = getattr(self.data, key)
             if value is not None and needs_file and not resolve_path(value).is_file():
                 raise RecipeError(f"data.{key}: file {value!r} does not exist")
-        if self.model.path is not None and not resolve_path(self.model.path).exists():
-            raise RecipeError(f"model.path: {self.model.path!r} does not exist")
+        if self.model.path is not None:
+            from zoo.hub import resolve_checkpoint
+
+            try:
+                resolve_checkpoint(self.model.path)
+            except ValueError as err:
+                raise RecipeError(f"model.path: {err}") from err
         if self.lora.enabled and self.lora.r < 1:
             raise RecipeError(f"lora.r: must be at least 1, got {self.lora.r}")
 
 
 def resolve_path(value: str, base_dir: Path | None = None) -> Path:
-    """A recipe path: ``pkg://package/file`` inside an installed package, else a file path
-    (relative paths are tried from the working directory, then beside the recipe)."""
+    """A recipe path: ``pkg://package/file`` inside an installed package, else a file path;
+    a relative one is relative to ``base_dir`` (the recipe file's directory) when given."""
     if value.startswith("pkg://"):
         import importlib.util
 
@@ -266,10 +285,8 @@ def resolve_path(value: str, base_dir: Path | None = None) -> Path:
         if spec is None or not spec.submodule_search_locations:
             raise RecipeError(f"{value}: no installed package {package!r} (pip install it)")
         return Path(spec.submodule_search_locations[0]) / rest
-    path = Path(value)
-    if not path.is_absolute() and not path.exists() and base_dir is not None and (base_dir / path).exists():
-        return base_dir / path
-    return path
+    path = Path(value).expanduser()
+    return base_dir / path if base_dir is not None and not path.is_absolute() else path
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -386,17 +403,30 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
 def recipe_from_dict(data: dict, overrides: list[str] | None = None, base_dir: Path | None = None) -> Recipe:
     """Build and check a Recipe from a dict plus ``key=value`` overrides."""
     data = dict(data or {})
-    for key, value in parse_overrides(overrides or []):
+    parsed = parse_overrides(overrides or [])
+    for key, value in parsed:
         _set_dotted(data, key, value)
     recipe = _build(Recipe, data, "")
-    if base_dir is not None:  # paths written relative to the recipe file
-        for section, key in (("data", "train"), ("data", "eval"), ("model", "path"), (None, "tokenizer")):
+    if base_dir is not None:
+        # A path written in the recipe file is relative to that file, so a recipe runs from any
+        # directory; one typed on the command line is relative to where it is typed.
+        typed = {key for key, _ in parsed}
+        for dotted in _PATH_KEYS:
+            section, _, key = dotted.rpartition(".")
             owner = getattr(recipe, section) if section else recipe
             value = getattr(owner, key)
-            if value and not value.startswith("pkg://"):
-                setattr(owner, key, str(resolve_path(value, base_dir)))
+            if not value or dotted in typed or value.startswith(("pkg://", "bpe:")):
+                continue
+            beside = resolve_path(value, base_dir)
+            # A checkpoint named in the file that is not beside it may be a Hugging Face repo id.
+            if dotted in ("data.train", "data.eval") or beside.exists():
+                setattr(owner, key, str(beside))
     recipe.check()
     return recipe
+
+
+# Recipe keys holding input paths. out_dir is not one: a run's outputs go where it is started.
+_PATH_KEYS = ("data.train", "data.eval", "model.path", "tokenizer")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -408,7 +438,63 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise RecipeError(
+            f"{path}: a recipe is a mapping of sections (model:, data:, train:), not a {type(data).__name__}"
+        )
     return recipe_from_dict(data, overrides, base_dir=path.parent)
+
+
+def _type_text(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_type_text(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is not None:
+        return str(tp).replace("typing.", "")
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _attribute_docs(cls) -> dict[str, str]:
+    """``name: text`` lines of a dataclass's ``Attributes:`` docstring (``a, b: text`` names two)."""
+    docs, current = {}, []
+    for line in (cls.__doc__ or "").split("Attributes:")[-1].splitlines():
+        m = re.match(r"\s{8}([\w, ]+): (.*)", line)
+        if m:
+            current = [n.strip() for n in m.group(1).split(",")]
+            for name in current:
+                docs[name] = m.group(2)
+        elif line.startswith(" " * 12) and current:
+            for name in current:
+                docs[name] += " " + line.strip()
+    return docs
+
+
+def describe_recipe(recipe: Recipe) -> str:
+    """Every recipe key with its type, default and this recipe's value (``zoo finetune --print-config``)."""
+    rows = []
+
+    def walk(cls, value, prefix):
+        hints, docs = typing.get_type_hints(cls), _attribute_docs(cls)
+        for f in dataclasses.fields(cls):
+            dotted = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], getattr(value, f.name), dotted + ".")
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            choices = f.metadata.get("choices")
+            kind = " | ".join(choices) if choices else _type_text(hints[f.name])
+            rows.append((dotted, kind, repr(default), repr(getattr(value, f.name)), docs.get(f.name, "")))
+
+    walk(Recipe, recipe, "")
+    widths = [min(max(len(r[i]) for r in rows), 32) for i in range(4)]  # a long default overflows its column
+    header = ("key", "type", "default", "value", "")
+    lines = [f"{header[0]:<{widths[0]}}  {header[1]:<{widths[1]}}  {header[2]:<{widths[2]}}  value"]
+    for key, kind, default, value, doc in rows:
+        mark = "" if value == default else "  *"
+        lines.append(f"{key:<{widths[0]}}  {kind:<{widths[1]}}  {default:<{widths[2]}}  {value}{mark}")
+        if doc:
+            lines.append(f"{'':<{widths[0]}}    {doc}")
+    lines.append("(* differs from the default)")
+    return "\n".join(lines)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

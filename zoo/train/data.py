@@ -182,9 +182,11 @@ def read_chat_file(path: str | Path, system: str | None = None) -> list[list[dic
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from err
-        if "messages" in row:
+        if isinstance(row, dict) and isinstance(row.get("messages"), list):
             messages = list(row["messages"])
-        elif "prompt" in row and "response" in row:
+            if not all(isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m for m in messages):
+                raise ValueError(f"{path}:{lineno}: each message must be {{'role': ..., 'content': '...'}}")
+        elif isinstance(row, dict) and "prompt" in row and "response" in row:
             messages = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
         else:
             raise ValueError(f"{path}:{lineno}: expected a 'messages' list or 'prompt' and 'response' keys")

@@ -2,6 +2,8 @@
 
 import csv
 import math
+import sys
+import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -112,15 +114,34 @@ def plot_metrics(metrics_csv: str | Path, out_png: str | Path, title: str = "") 
 
 
 class Progress:
-    """A tqdm bar over optimizer steps with loss, lr and throughput; tqdm adds the ETA."""
+    """A tqdm bar over optimizer steps with loss, lr and throughput; tqdm adds the ETA.
 
-    def __init__(self, total: int, initial: int, enabled: bool, unit: str, desc: str = "train"):
-        self.unit = unit
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, disable=not enabled)
+    When its stream is not a terminal (a log file, CI, ``| tee``), a bar redrawn with carriage
+    returns is unreadable: it prints one plain line per ``every`` steps instead (tqdm's own
+    format, without the bar).
+    """
+
+    def __init__(self, total: int, initial: int, enabled: bool, unit: str, desc: str = "train", every: int = 1,
+                 stream=None):  # fmt: skip
+        self.unit, self.desc, self.total, self.every = unit, desc, total, every
+        self.stream = stream or sys.stderr
+        self.plain = enabled and not self.stream.isatty()
+        self.n, self.initial, self.start = initial, initial, time.monotonic()
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                        disable=not enabled or self.plain, file=self.stream)  # fmt: skip
 
     def update(self, loss: float, lr: float, throughput: float) -> None:
         loss_text = f"{loss:.4f}" if math.isfinite(loss) else str(loss)
-        self.bar.set_postfix_str(f"loss={loss_text} lr={lr:.2e} {self.unit}={throughput:,.0f}", refresh=False)
+        postfix = f"loss={loss_text} lr={lr:.2e} {self.unit}={throughput:,.0f}"
+        self.n += 1
+        if self.plain:
+            if self.n % self.every == 0 or self.n == self.total:
+                # tqdm's rate and ETA, over the steps this run did (a resumed run starts later).
+                line = tqdm.format_meter(self.n, self.total, time.monotonic() - self.start, prefix=self.desc,
+                                         unit="step", postfix=postfix, ncols=0, initial=self.initial)  # fmt: skip
+                print(line, file=self.stream, flush=True)
+            return
+        self.bar.set_postfix_str(postfix, refresh=False)
         self.bar.update(1)
 
     def write(self, text: str) -> None:

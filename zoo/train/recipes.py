@@ -8,6 +8,7 @@ digits. Before and after training the recipe shows what changed: generated answe
 exact-match rate for chat data, samples for text, accuracy for classifiers.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,6 +20,9 @@ import torch
 import yaml
 from torch import nn
 
+from zoo.hub import check_save_target
+from zoo.train import checkpoint as ckpt
+from zoo.train import rundir
 from zoo.train.config import Recipe, RecipeError, resolve_path
 from zoo.train.data import (
     CausalLMTask,
@@ -100,6 +104,7 @@ def _hf_rows(recipe: Recipe) -> list[dict]:
 
 def build_tokenizer(recipe: Recipe, run_dir: Path):
     """The recipe's tokenizer; ``bpe:N`` trains one on the training text (kept in run_dir/tokenizer)."""
+    from zoo.hub import resolve_checkpoint
     from zoo.tokenizer import load_tokenizer
 
     spec = recipe.tokenizer
@@ -111,15 +116,20 @@ def build_tokenizer(recipe: Recipe, run_dir: Path):
                 "tokenizer: model.name builds a random model with no tokenizer; set tokenizer to a path "
                 "or to bpe:N to train an N-token BPE on the training text"
             )
-        return load_tokenizer(resolve_path(recipe.model.path))
+        return load_tokenizer(resolve_checkpoint(recipe.model.path))
     match = re.fullmatch(r"bpe:(\d+)", spec)
     if match is None:
-        return load_tokenizer(resolve_path(spec))
+        try:
+            return load_tokenizer(resolve_checkpoint(spec))
+        except ValueError as err:
+            raise RecipeError(f"tokenizer: {err}") from err
     saved = run_dir / "tokenizer"
     if recipe.train.resume and (saved / "tokenizer.json").is_file():
         return load_tokenizer(saved)  # the vocabulary the checkpoints were trained with
     if recipe.data.format != "text":
         raise RecipeError(f"tokenizer: bpe:N trains on plain text (data.format: text), not {recipe.data.format!r}")
+    if int(match.group(1)) <= 257:  # byte-level BPE starts from 256 bytes plus <|endoftext|>
+        raise RecipeError(f"tokenizer: {spec} is too small; a byte-level BPE has 257 tokens before any merge")
     tokenizer = train_bpe_tokenizer(read_text_file(recipe.data.train), int(match.group(1)))
     if os.environ.get("RANK", "0") == "0":  # every process trains the same one; the first keeps it
         save_tokenizer(tokenizer, saved)
@@ -141,20 +151,28 @@ def _label_field(config) -> str | None:
 def _with_new_head(model: nn.Module, task: str, num_labels: int | None) -> tuple[nn.Module, list[str]]:
     """The same family built for ``task``, the checkpoint's weights loaded into it; what the
     checkpoint lacks (the new head) keeps its fresh initialisation. Returns (model, new weights)."""
-    from zoo.registry import FAMILIES
+    from zoo.lora import with_task
 
-    family = FAMILIES[model.family]
     config = model.config
     field = _label_field(config)
     if num_labels is not None and field is not None:
         config = config.replace(**{field: num_labels})
-    new = family.model_class(task)(config).to(model.dtype)
-    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
-    if unexpected:
-        raise RecipeError(
-            f"model.task: the checkpoint's {model.task!r} weights {unexpected[:4]} have no place in a {task!r} model"
-        )
-    return new, list(missing)
+    try:
+        return with_task(model, task, config)
+    except ValueError as err:
+        raise RecipeError(f"model.{err}") from err
+
+
+def _head_weights(model: nn.Module) -> list[str]:
+    """A freshly built classifier's head: its parameters that the family's bare model lacks."""
+    from zoo.registry import FAMILIES
+
+    family = FAMILIES[model.family]
+    if model.task == "causal_lm" or "base" not in family.tasks or model.task == "base":
+        return []
+    with torch.device("meta"):
+        trunk = family.model_class("base")(model.config)
+    return sorted(set(dict(model.named_parameters())) - set(dict(trunk.named_parameters())))
 
 
 def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.Module, list[str]]:
@@ -181,9 +199,12 @@ def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.M
         except ValueError as err:
             raise RecipeError(f"model.overrides: {err}") from err
         model = model.to(dtype)
+        new_weights = _head_weights(model)
     else:
-        model = zoo.from_pretrained(resolve_path(m.path), dtype=dtype)
-        if m.task is not None and m.task != model.task:
+        model = zoo.from_pretrained(m.path, dtype=dtype)
+        field = _label_field(model.config)
+        resize = m.task == model.task and num_labels is not None and getattr(model.config, field, None) != num_labels
+        if m.task is not None and (m.task != model.task or resize):  # a new head, or one resized to the data
             model, new_weights = _with_new_head(model, m.task, num_labels)
     vocab = getattr(model.config, "vocab_size", None)
     if tokenizer is not None and vocab is not None and tokenizer.vocab_size > vocab:
@@ -194,7 +215,7 @@ def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.M
     if num_labels is not None and field is not None and getattr(model.config, field) != num_labels:
         raise RecipeError(
             f"model: the model's head has {getattr(model.config, field)} classes ({field}), the data has "
-            f"{num_labels}; set model.overrides.{field}={num_labels}, or model.task for a new head on a checkpoint"
+            f"{num_labels}; set model.task for a new head of {num_labels} classes on the checkpoint"
         )
     return model, new_weights
 
@@ -258,6 +279,8 @@ def prepare(recipe: Recipe) -> Prepared:
             train = classification_examples(tokenizer, pairs, d.max_len)
         eval_ = None
     num_labels = len(label_names) if _is_classification(recipe) else None
+    if num_labels is not None and num_labels < 2:
+        raise RecipeError(f"data.train: every example has the label {label_names}; a classifier needs at least two")
     torch.manual_seed(seed)  # the same initial weights on every process and every run
     model, new_weights = build_model(recipe, tokenizer, num_labels)
     task = _check_task(recipe, model)
@@ -276,12 +299,17 @@ def prepare(recipe: Recipe) -> Prepared:
         train = train[: d.max_examples]
     if not train:
         raise RecipeError(f"data.train: no training examples in {d.train or d.hf_name or d.format}")
+    if label_names:
+        model.label_names = list(label_names)  # into zoo.json and the HF export's id2label
     if recipe.lora.enabled:
         from zoo.lora import apply_lora
 
         lo = recipe.lora
+        # A new head starts random: it must train and be saved with the adapter (PEFT's
+        # modules_to_save), or the adapted model classifies with noise.
+        train_also = [*lo.train_also, *(w for w in new_weights if w not in lo.train_also)]
         try:
-            apply_lora(model, lo.targets, lo.r, lo.alpha, lo.dropout, lo.train_also)
+            apply_lora(model, lo.targets, lo.r, lo.alpha, lo.dropout, train_also)
         except ValueError as err:
             raise RecipeError(f"lora.{err}") from err
     pad_id = 0
@@ -305,6 +333,11 @@ def generate_texts(model: nn.Module, tokenizer, prompts: list[list[int]], max_ne
     for i, p in enumerate(prompts):
         ids[i, T - len(p) :], mask[i, T - len(p) :] = torch.tensor(p), 1
     device = next(model.parameters()).device
+    if T >= model.config.max_seq_len:
+        raise RecipeError(
+            f"sample: a prompt of {T} tokens leaves no room to generate in the model's max_seq_len="
+            f"{model.config.max_seq_len}; shorten sample.prompts (or the chat examples)"
+        )
     max_new_tokens = min(max_new_tokens, model.config.max_seq_len - T)
     was_training = model.training
     model.eval()
@@ -385,7 +418,7 @@ def _export(recipe: Recipe, prep: Prepared, trainer: Trainer, log) -> dict[str, 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from zoo.hub import save_pretrained
-    from zoo.lora import merge_lora, save_adapter
+    from zoo.lora import base_model, export_peft, merge_lora, save_adapter
     from zoo.registry import FAMILIES
 
     run_dir, out = Path(recipe.out_dir), {}
@@ -398,28 +431,62 @@ def _export(recipe: Recipe, prep: Prepared, trainer: Trainer, log) -> dict[str, 
         if recipe.lora.enabled:
             from zoo.lora import apply_lora
 
-            lo = recipe.lora
-            apply_lora(model, lo.targets, lo.r, lo.alpha, lo.dropout, lo.train_also)
+            apply_lora(model, **raw.lora_config)  # the same adapters and extra trained parameters
+        model.label_names = prep.label_names
         model.load_state_dict(full)
     else:
         model = trainer.model
     if recipe.lora.enabled:
-        out["adapter"] = save_adapter(model, run_dir / "adapter")
+        base = recipe.model.path
+        if base is None:  # a fresh model: the adapter means nothing without these exact base weights
+            out["base model"] = save_pretrained(base_model(model), run_dir / "base", format="zoo")
+            _save_tokenizer_beside(prep.tokenizer, run_dir / "base")
+            base = "../base"  # relative to the adapter, so the run directory can move
+        out["adapter"] = save_adapter(model, run_dir / "adapter", base=base)
+        _save_tokenizer_beside(prep.tokenizer, run_dir / "adapter")
+        try:
+            out["PEFT adapter"] = export_peft(model, run_dir / "adapter", base=recipe.model.path)
+        except ValueError as err:
+            log(f"adapter: written in zoo's format only; PEFT's cannot express it ({err})")
         if recipe.lora.save_merged:
             out["merged model"] = save_pretrained(merge_lora(model), run_dir / "model", format="zoo")
+            _save_tokenizer_beside(prep.tokenizer, run_dir / "model")
     else:
         out["model"] = save_pretrained(model, run_dir / "model", format="zoo")
+        _save_tokenizer_beside(prep.tokenizer, run_dir / "model")
     if prep.label_names:
         (run_dir / "labels.json").write_text(json.dumps(prep.label_names) + "\n")
     return out
 
 
+def _save_tokenizer_beside(tokenizer, directory: Path) -> None:
+    """The tokenizer in the model's own directory: ``zoo generate DIR`` and from_pretrained users
+    then need nothing else."""
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, directory)
+
+
 def finetune(recipe: Recipe, log=print) -> FinetuneResult:
-    """Run a recipe end to end: build, show 'before', train, show 'after', export."""
+    """Run a recipe end to end: build, show 'before', train, show 'after', export.
+
+    The run directory is claimed (``zoo.train.rundir``: refused unless new, empty or zoo's) and
+    locked for the whole run, before anything is written into it."""
+    with contextlib.ExitStack() as stack:
+        if os.environ.get("RANK", "0") == "0":  # the first process owns the directory
+            rundir.claim(recipe.out_dir)
+            stack.enter_context(rundir.locked(recipe.out_dir))
+        return _finetune(recipe, log)
+
+
+def _finetune(recipe: Recipe, log) -> FinetuneResult:
     run_dir = Path(recipe.out_dir)
     prep = prepare(recipe)
     trainer = Trainer(prep.model, prep.task, prep.train, recipe.train, run_dir, eval_data=prep.eval, pad_id=prep.pad_id)
     main = trainer.world.is_main
+    if recipe.train.resume and (latest := ckpt.latest_checkpoint(run_dir / "checkpoints")) is not None:
+        trainer.check_resumable(latest)  # before recipe.yaml is rewritten: the record must match the checkpoints
+    for product in ("model", "base"):  # where _export saves: a refusal belongs before the training
+        check_save_target(run_dir / product)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump(dataclasses.asdict(recipe), sort_keys=False))
@@ -430,8 +497,9 @@ def finetune(recipe: Recipe, log=print) -> FinetuneResult:
             f"{len(prep.train)} examples ({len(prep.eval)} held out); {trainer.world.size} process(es) on "
             f"{trainer.world.device}; run directory {run_dir}"
         )
-        if prep.new_weights:
-            log(f"new head, randomly initialised (not in the checkpoint): {', '.join(prep.new_weights)}")
+        if prep.new_weights and (recipe.model.path is not None or recipe.lora.enabled):
+            trained = "; trained and saved with the adapter" if recipe.lora.enabled else ""
+            log(f"new head, randomly initialised: {', '.join(prep.new_weights)}{trained}")
     before = show(recipe, prep, trainer)
     result = trainer.fit(log=log if main else lambda *a: None)
     if result.status == "interrupted":  # saved; the user wants the process back, not an evaluation

@@ -26,6 +26,7 @@ from torch import nn
 
 from zoo.debug import NonFiniteWatch, ShapeTrace, grad_norm_table, grad_norms, nonfinite_parameters
 from zoo.train import checkpoint as ckpt
+from zoo.train import rundir
 from zoo.train.config import TrainConfig
 from zoo.train.data import StepSampler, collate, split_for_rank
 from zoo.train.distributed import World, setup, shard_fsdp, wrap_ddp
@@ -350,6 +351,7 @@ class Trainer:
                 "model_state": "trainable" if self.trainable_only else "full",
                 "world_size": self.world.size,
                 "config": dataclasses.asdict(self.config),
+                "model": self._model_record(),
             }
             rng_tensors = {f"rank{r}.{k}": v for r, states in enumerate(all_rng) for k, v in states.items()}
             path = ckpt.save_checkpoint(
@@ -359,20 +361,62 @@ class Trainer:
         self.world.barrier()
         return path
 
+    def _model_record(self) -> dict:
+        """What a checkpoint records of the model, so a resume can tell it is the same one."""
+        config = getattr(self.model, "config", None)
+        return {
+            "family": getattr(self.model, "family", type(self.model).__name__),
+            "task": getattr(self.model, "task", None),
+            "config": config.to_dict() if hasattr(config, "to_dict") else None,
+        }
+
+    def check_resumable(self, path: str | Path) -> None:
+        """Raise CheckpointError naming every difference if the checkpoint at ``path`` was written
+        for another model (family, task, config) or another set of trained parameters (LoRA
+        targets, a new head); reads only its trainer.json and tensor headers, writes nothing."""
+        from zoo.hub import CheckpointError
+
+        path = Path(path)
+        trainer_state = ckpt.read_trainer_state(path)
+        problems = []
+        recorded, current = trainer_state.get("model") or {}, self._model_record()
+        for key in ("family", "task"):
+            if key in recorded and recorded[key] != current[key]:
+                problems.append(f"model {key}: the checkpoint's is {recorded[key]!r}, this run's {current[key]!r}")
+        old, new = recorded.get("config") or {}, current["config"] or {}
+        for key in sorted(set(old) | set(new)):
+            if old and old.get(key) != new.get(key):
+                problems.append(
+                    f"model config {key}: the checkpoint's is {old.get(key)!r}, this run's {new.get(key)!r}"
+                )
+        saved = ckpt.tensor_shapes(path / "model.safetensors")
+        if trainer_state.get("model_state") == "trainable":  # LoRA: the adapters (and any new head)
+            params = dict(self.model.named_parameters())
+            expected = {n: tuple(params[n].shape) for n in self.trainable_names}
+        else:
+            expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        trainable = trainer_state.get("model_state") == "trainable"
+        problems += [f"{k}: the checkpoint's shape is {saved[k]}, this run's {expected[k]}"
+                     for k in sorted(set(saved) & set(expected)) if saved[k] != expected[k]]  # fmt: skip
+        problems += [f"the checkpoint lacks {k} {expected[k]}" for k in sorted(set(expected) - set(saved))]
+        extra = sorted(set(saved) - set(expected))
+        problems += [f"the checkpoint has {k} {saved[k]}, which this run {'does not train' if trainable else 'lacks'}"
+                     for k in extra]  # fmt: skip
+        if problems:
+            shown = "\n  ".join(problems[:12]) + (f"\n  ... {len(problems) - 12} more" if len(problems) > 12 else "")
+            raise CheckpointError(
+                f"{path}: written by a different model or recipe, so this run cannot resume from it:\n  {shown}\n"
+                "Nothing was changed. Use another out_dir, or train.resume=false to start over in this one"
+            )
+
     def load(self, path: str | Path) -> None:
-        """Restore model, optimizer, scheduler, scaler, RNG and data position from a checkpoint."""
+        """Restore model, optimizer, scheduler, scaler, RNG and data position from a checkpoint
+        (after ``check_resumable``: a checkpoint of another model is refused by name)."""
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
+        self.check_resumable(path)
         state = ckpt.load_checkpoint(path)
         trainer_state = state["trainer"]
-        if trainer_state["model_state"] == "trainable":
-            missing = sorted(set(self.trainable_names) - set(state["model"]))
-            extra = sorted(set(state["model"]) - set(self.trainable_names))
-            if missing or extra:
-                raise ValueError(
-                    f"{path}: holds trainable parameters {extra[:4]} the model does not train, and lacks "
-                    f"{missing[:4]}; was it written by a different recipe (lora targets)?"
-                )
         set_model_state_dict(
             self.model, state["model"], options=self._state_options(strict=trainer_state["model_state"] == "full")
         )
@@ -414,24 +458,40 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------
 
+    def _remove_previous_run(self) -> None:
+        """``train.resume=false``: delete what an earlier run wrote here, and only that (the run
+        directory carries zoo's marker; files zoo does not write are left where they are)."""
+        for step in ckpt.list_checkpoints(self.ckpt_dir):
+            shutil.rmtree(step)
+        owned = [*self.run_dir.glob("tb/events.out.tfevents.*"), *self.run_dir.glob("debug/nan_report.rank*.txt")]
+        names = ("metrics.csv", "loss.png", "debug/shapes.txt", "debug/grad_norms.csv")
+        owned += [self.run_dir / name for name in names]
+        for path in owned:
+            path.unlink(missing_ok=True)
+
     def _prepare_run_dir(self) -> Path | None:
         """Resume from the newest checkpoint (train.resume) or start clean; returns what to load."""
         resume_from = None
         if self.world.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.remove_partial_writes(self.ckpt_dir)
             if not self.config.resume:
-                for stale in (self.ckpt_dir, self.run_dir / "tb", self.run_dir / "debug"):
-                    shutil.rmtree(stale, ignore_errors=True)
-                for stale in ("metrics.csv", "loss.png"):
-                    (self.run_dir / stale).unlink(missing_ok=True)
+                self._remove_previous_run()
         self.world.barrier()
         if self.config.resume:
             resume_from = ckpt.latest_checkpoint(self.ckpt_dir)
         return resume_from
 
     def fit(self, log=print) -> TrainResult:
-        """Train to ``config.steps``; save on ``save_every``, at the end, and on SIGTERM/Ctrl-C."""
+        """Train to ``config.steps``; save on ``save_every``, at the end, and on SIGTERM/Ctrl-C.
+
+        The run directory must be zoo's (``zoo.train.rundir``); it is locked while the run writes."""
+        if not self.world.is_main:
+            return self._fit(log)
+        rundir.claim(self.run_dir)
+        with rundir.locked(self.run_dir):
+            return self._fit(log)
+
+    def _fit(self, log) -> TrainResult:
         c = self.config
         resume_from = self._prepare_run_dir()
         if resume_from is not None:
@@ -442,7 +502,7 @@ class Trainer:
             torch.manual_seed(c.seed + 1000 * self.world.rank)  # dropout; each process its own stream
         main = self.world.is_main
         metrics = MetricsLog(self.run_dir, self.step, c.tensorboard, self.unit) if main else None
-        progress = Progress(c.steps, self.step, main and c.progress == "tqdm", self.unit)
+        progress = Progress(c.steps, self.step, main and c.progress == "tqdm", self.unit, every=c.log_every)
         result = TrainResult(status="finished", step=self.step)
         if c.debug:
             self._watch = NonFiniteWatch(self.model).__enter__()

@@ -54,6 +54,7 @@ def config_from_hf(hf: dict) -> GPTConfig:
             raise ConfigError(f"{key}: GPT-2 checkpoint sets {key}={hf[key]!r}; zoo's GPT supports only {default}")
     return GPTConfig(
         vocab_size=hf["vocab_size"],
+        dropout=_dropout(hf),
         max_seq_len=hf.get("n_positions", 1024),
         d_model=hf["n_embd"],
         n_layers=hf["n_layer"],
@@ -71,6 +72,7 @@ def _gpt1_config_from_hf(hf: dict) -> GPTConfig:
         raise ConfigError(f"afn: GPT-1 checkpoint uses {act!r}; zoo maps {', '.join(_GPT1_ACT_FROM_HF)}")
     return GPTConfig(
         vocab_size=hf["vocab_size"],
+        dropout=_dropout(hf),
         max_seq_len=hf.get("n_positions", 512),
         d_model=hf["n_embd"],
         n_layers=hf["n_layer"],
@@ -91,6 +93,22 @@ def _refuse(c: GPTConfig, unsupported: dict[str, bool], reference: str) -> None:
                 f"{name}: {getattr(c, name)!r} has no equivalent in transformers' {reference}; "
                 "save with format='zoo' instead"
             )
+
+
+_DROPOUTS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+
+def _dropout(hf: dict) -> float:
+    """transformers' three GPT-2 dropouts (0.1 each by default); zoo's GPT has one for all three."""
+    values = {key: hf.get(key, 0.1) for key in _DROPOUTS}
+    first = _DROPOUTS[0]
+    for key, value in values.items():
+        if value != values[first]:
+            raise ConfigError(
+                f"{key}: the checkpoint sets {key}={value} but {first}={values[first]}; zoo's GPT has one "
+                "dropout for residual, embedding and attention: set the three equal in config.json"
+            )
+    return values[first]
 
 
 def config_to_hf(c: GPTConfig, task: str) -> dict:
@@ -124,7 +142,7 @@ def config_to_hf(c: GPTConfig, task: str) -> dict:
             **summary,
         }
     _refuse(c, {"final_norm": not c.final_norm, "mlp": c.mlp not in _ACT_TO_HF, **common}, "GPT-2")
-    return {
+    hf = {
         "model_type": "gpt2",
         "architectures": ["GPT2DoubleHeadsModel" if task == "double_heads" else "GPT2LMHeadModel"],
         "vocab_size": c.vocab_size,
@@ -139,11 +157,11 @@ def config_to_hf(c: GPTConfig, task: str) -> dict:
         "embd_pdrop": c.dropout,
         "attn_pdrop": c.dropout,
         "tie_word_embeddings": c.tie_embeddings,
-        # GPT-2 tokenizer's <|endoftext|>; a model with a smaller vocabulary has no such token.
-        "bos_token_id": 50256 if c.vocab_size > 50256 else None,
-        "eos_token_id": 50256 if c.vocab_size > 50256 else None,
         **summary,
     }
+    if c.vocab_size > 50256:  # GPT-2 tokenizer's <|endoftext|>; zoo's config holds no token ids to write
+        hf |= {"bos_token_id": 50256, "eos_token_id": 50256}
+    return hf
 
 
 def rules(c: GPTConfig, task: str) -> list[Rule]:

@@ -251,7 +251,6 @@ def _config_to_transformers(c: ViTConfig, task: str) -> dict:
         "attention_probs_dropout_prob": c.attn_dropout,
         "pooler_output_size": c.d_model,
         "pooler_act": "tanh",
-        "encoder_stride": c.patch_size,
         "problem_type": c.problem_type,
         "id2label": labels,
         "label2id": {v: int(k) for k, v in labels.items()},
