@@ -64,7 +64,8 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
             except Exception as err:
                 raise CheckpointError(f"{directory / name}: cannot be read with weights_only=True ({err})") from err
     raise CheckpointError(
-        f"{directory}: no weights found; expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+        f"{directory}: no weights found; expected model.safetensors, model.safetensors.index.json or pytorch_model.bin "
+        "(open_clip: open_clip_model.safetensors or open_clip_pytorch_model.bin)"
     )
 
 
@@ -106,6 +107,18 @@ def load_converted(model: nn.Module, state: dict[str, torch.Tensor], rules, sour
     return model
 
 
+def _reference_config(directory: Path) -> Path | None:
+    """config.json, else a config file another format names (a family's ``config_files``)."""
+    if (directory / "config.json").exists():
+        return directory / "config.json"
+    _load_families()
+    for family in FAMILIES.values():
+        for name in family.config_files:
+            if (directory / name).exists():
+                return directory / name
+    return None
+
+
 def from_pretrained(
     path: str | os.PathLike,
     task: str | None = None,
@@ -144,15 +157,15 @@ def from_pretrained(
         model = family.model_class(task or meta.get("task"))(family.config_cls.from_dict(meta["config"]))
         state = read_weights(path)
         load_converted(model, state, identity_rules(state), source_name=str(path))
-    elif (path / "config.json").exists():
-        hf_config = read_json(path / "config.json")
+    elif (config_file := _reference_config(path)) is not None:
+        hf_config = read_json(config_file)
         family = detect_family(hf_config, path)
         task = task_from_hf(family, hf_config, task)
         try:
             config = family.config_from_hf(hf_config)
         except KeyError as err:
             raise CheckpointError(
-                f"{path / 'config.json'}: no {err.args[0]!r} field, which a {family.name} config needs"
+                f"{config_file}: no {err.args[0]!r} field, which a {family.name} config needs"
             ) from err
         model = family.model_class(task)(config)
         load_converted(model, read_weights(path), family.rules(config, task), source_name=str(path))
@@ -174,6 +187,9 @@ _CHECKPOINT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
     "pytorch_model-*-of-*.bin",
+    "open_clip_config.json",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
 )
 
 
@@ -226,10 +242,11 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, format: str = "hf
         exported = convert_state_dict(
             state, invert_rules(family.rules(model.config, model.task)), source_name="zoo model"
         )
+        names = family.export_files(model.config) if family.export_files else ("config.json", "model.safetensors")
 
         def write(tmp: Path) -> None:
-            (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-            save_file(_contiguous(exported), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            (tmp / names[0]).write_text(json.dumps(hf_config, indent=2) + "\n")
+            save_file(_contiguous(exported), str(tmp / names[1]), metadata={"format": "pt"})
 
     else:
         raise ValueError(f"format: unknown checkpoint format {format!r}; choose 'hf' or 'zoo'")
