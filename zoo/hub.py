@@ -42,8 +42,24 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file, truncated or corrupt? ({err})") from err
 
 
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory: single or sharded safetensors, or pytorch_model.bin."""
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot be read with weights_only=True ({err})") from err
+
+
+def read_weights(directory: Path, files: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory: single or sharded safetensors, or pytorch_model.bin.
+
+    ``files``: the weight files of another format (open_clip's), tried in this order instead."""
+    if files is not None:
+        for name in files:
+            if (directory / name).exists():
+                return _read_file(directory / name)
+        raise CheckpointError(f"{directory}: no weights found; expected {' or '.join(files)}")
     index = directory / "model.safetensors.index.json"
     if index.exists():
         weight_map = read_json(index).get("weight_map")
@@ -54,18 +70,16 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         for shard in shards:
             state.update(_load_safetensors(directory / shard))
         return state
-    for name in ("model.safetensors", "open_clip_model.safetensors"):
+    for name in (
+        "model.safetensors",
+        "open_clip_model.safetensors",
+        "pytorch_model.bin",
+        "open_clip_pytorch_model.bin",
+    ):
         if (directory / name).exists():
-            return _load_safetensors(directory / name)
-    for name in ("pytorch_model.bin", "open_clip_pytorch_model.bin"):
-        if (directory / name).exists():
-            try:
-                return torch.load(directory / name, map_location="cpu", weights_only=True)
-            except Exception as err:
-                raise CheckpointError(f"{directory / name}: cannot be read with weights_only=True ({err})") from err
+            return _read_file(directory / name)
     raise CheckpointError(
-        f"{directory}: no weights found; expected model.safetensors, model.safetensors.index.json or pytorch_model.bin "
-        "(open_clip: open_clip_model.safetensors or open_clip_pytorch_model.bin)"
+        f"{directory}: no weights found; expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
     )
 
 
@@ -107,16 +121,27 @@ def load_converted(model: nn.Module, state: dict[str, torch.Tensor], rules, sour
     return model
 
 
-def _reference_config(directory: Path) -> Path | None:
-    """config.json, else a config file another format names (a family's ``config_files``)."""
-    if (directory / "config.json").exists():
-        return directory / "config.json"
+def _claimed(hf_config: dict) -> bool:
+    return any(
+        hf_config.get("model_type") in f.hf_model_types or (f.matches is not None and f.matches(hf_config))
+        for f in FAMILIES.values()
+    )
+
+
+def _reference_config(directory: Path) -> tuple[Path, tuple[str, ...] | None] | None:
+    """The config file to read, and the weight files that go with it (None: the usual ones).
+
+    config.json first; then the config files of other formats that families name (open_clip's
+    open_clip_config.json). A directory holding several (timm's CLIP repositories keep timm's
+    image-tower config.json beside open_clip's full model) is read through the first one a
+    family claims."""
     _load_families()
+    found = [(directory / "config.json", None)] if (directory / "config.json").exists() else []
     for family in FAMILIES.values():
-        for name in family.config_files:
-            if (directory / name).exists():
-                return directory / name
-    return None
+        found += [
+            (directory / name, files) for name, files in family.config_files.items() if (directory / name).exists()
+        ]
+    return next((c for c in found if _claimed(read_json(c[0]))), found[0] if found else None)
 
 
 def from_pretrained(
@@ -157,7 +182,8 @@ def from_pretrained(
         model = family.model_class(task or meta.get("task"))(family.config_cls.from_dict(meta["config"]))
         state = read_weights(path)
         load_converted(model, state, identity_rules(state), source_name=str(path))
-    elif (config_file := _reference_config(path)) is not None:
+    elif (reference := _reference_config(path)) is not None:
+        config_file, weight_files = reference
         hf_config = read_json(config_file)
         family = detect_family(hf_config, path)
         task = task_from_hf(family, hf_config, task)
@@ -168,7 +194,7 @@ def from_pretrained(
                 f"{config_file}: no {err.args[0]!r} field, which a {family.name} config needs"
             ) from err
         model = family.model_class(task)(config)
-        load_converted(model, read_weights(path), family.rules(config, task), source_name=str(path))
+        load_converted(model, read_weights(path, weight_files), family.rules(config, task), source_name=str(path))
     else:
         raise CheckpointError(f"{path}: not a checkpoint directory (no config.json or {ZOO_CONFIG} in it)")
     if dtype is not None:

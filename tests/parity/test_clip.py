@@ -9,6 +9,7 @@ import open_clip
 import pytest
 import torch
 import transformers
+from safetensors.torch import load_file, save_file
 
 import zoo
 from tests.conftest import randomize_
@@ -40,8 +41,6 @@ def save_transformers(path, text=None, vision=None):
 def save_open_clip(path, **top):
     """An open_clip directory as its push_to_hf_hub writes it: open_clip_config.json (model_cfg,
     preprocess_cfg) and open_clip_model.safetensors, the model built by open_clip from that config."""
-    from safetensors.torch import save_file
-
     path.mkdir(parents=True, exist_ok=True)
     cfg = json.loads(json.dumps(OC_CFG | top))
     (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
@@ -88,7 +87,7 @@ def test_open_clip_parity_both_directions(tmp_path, quick_gelu):
 
 def test_open_clip_pytorch_bin_is_read_with_weights_only(tmp_path):
     save_open_clip(tmp_path)
-    state = __import__("safetensors.torch").torch.load_file(str(tmp_path / "open_clip_model.safetensors"))
+    state = load_file(str(tmp_path / "open_clip_model.safetensors"))
     (tmp_path / "open_clip_model.safetensors").unlink()
     torch.save(state, tmp_path / "open_clip_pytorch_model.bin")
     report = run_parity(tmp_path, dtypes=("float32",), roundtrip=False)
@@ -176,3 +175,15 @@ def test_zoo_parity_cli_on_both_formats(tmp_path, capsys):
     for sub in ("hf", "oc"):
         assert main(["parity", str(tmp_path / sub), "--dtype", "float32"]) == 0
         assert "parity: ok" in capsys.readouterr().out
+
+
+def test_timm_clip_repository_is_read_as_open_clip_not_vit(tmp_path):
+    """timm's CLIP repositories (timm/vit_base_patch32_clip_224.openai) hold timm's image-tower
+    config.json beside open_clip's files; the ViT family must not claim the directory."""
+    save_open_clip(tmp_path, quick_gelu=True)
+    timm_config = {"architecture": "vit_base_patch32_clip_224", "num_classes": 0, "model_args": {"pre_norm": True}}
+    (tmp_path / "config.json").write_text(json.dumps(timm_config))
+    model = zoo.from_pretrained(tmp_path)
+    assert model.family == "clip" and model.config.layout == "open_clip"
+    report = run_parity(tmp_path, dtypes=("float32",), roundtrip=False)
+    assert report.ok, report.table()

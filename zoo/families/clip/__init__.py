@@ -5,6 +5,7 @@ from zoo.families.clip.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfi
 from zoo.families.clip.convert import (
     ARCHITECTURES,
     OPEN_CLIP_CONFIG,
+    OPEN_CLIP_WEIGHTS,
     config_from_hf,
     config_to_hf,
     is_open_clip_config,
@@ -17,7 +18,7 @@ from zoo.registry import Family, register_family
 
 def _export_files(config: CLIPConfig) -> tuple[str, str]:
     if config.layout == "open_clip":
-        return OPEN_CLIP_CONFIG, "open_clip_model.safetensors"
+        return OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS[0]
     return "config.json", "model.safetensors"
 
 
@@ -33,7 +34,7 @@ register_family(
         rules=rules,
         matches=is_open_clip_config,
         parity=PARITY,
-        config_files=(OPEN_CLIP_CONFIG,),
+        config_files={OPEN_CLIP_CONFIG: OPEN_CLIP_WEIGHTS},
         export_files=_export_files,
     )
 )

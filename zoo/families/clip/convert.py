@@ -14,6 +14,8 @@ from zoo.convert import Rule, drop, permute, rename, split, transpose
 from zoo.families.clip.config import OPENAI_MEAN, OPENAI_STD, CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
+# read_weights tries them in this order; weights_only=True for the pickle.
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 ARCHITECTURES = {"base": "CLIPModel"}
 _ACTS = ("quick_gelu", "gelu")
 # transformers' CLIPTextModel before PR #24773 stored eos_token_id=2 and pooled at the highest

@@ -6,6 +6,7 @@ one early, each padded after its end; with argmax pooling the end token is the h
 with eos pooling a higher id sits before it, so pooling at the wrong place changes the output.
 """
 
+import json
 from pathlib import Path
 
 import torch
@@ -23,10 +24,15 @@ def load_open_clip(path: Path) -> nn.Module:
 
 
 def load_reference(path, task: str) -> nn.Module:
+    """transformers for a CLIPModel config.json, open_clip otherwise (a directory with only
+    open_clip_config.json, or timm's CLIP repositories, whose config.json is timm's image tower)."""
     path = Path(path)
-    if not (path / "config.json").exists() and (path / OPEN_CLIP_CONFIG).exists():
+    config = path / "config.json"
+    if config.exists() and json.loads(config.read_text()).get("model_type") == "clip":
+        return strict_transformers_loader("CLIPModel")(path, task)
+    if (path / OPEN_CLIP_CONFIG).exists():
         return load_open_clip(path)
-    return strict_transformers_loader("CLIPModel")(path, task)
+    raise ValueError(f"parity: {path} holds neither a transformers CLIPModel config.json nor {OPEN_CLIP_CONFIG}")
 
 
 def text_batch(config, generator: torch.Generator, ends: tuple[int, ...] | None = None) -> dict:

@@ -42,8 +42,13 @@ _TIMM_FIXED = {"class_token": True, "no_embed_class": False, "reg_tokens": 0, "p
 
 
 def is_timm_config(hf: dict) -> bool:
-    """A timm Hugging Face-format config.json naming a ViT (it has no model_type)."""
-    return "model_type" not in hf and str(hf.get("architecture", "")).startswith("vit_")
+    """A timm Hugging Face-format config.json naming a ViT (it has no model_type).
+
+    Not timm's CLIP image towers (``vit_base_patch32_clip_224`` and kin): they carry a pre-norm
+    zoo's ViT does not have, and their repositories hold the whole CLIP in open_clip's files,
+    which the clip family reads."""
+    arch = str(hf.get("architecture", ""))
+    return "model_type" not in hf and arch.startswith("vit_") and "_clip_" not in arch
 
 
 def task_from_config(hf: dict) -> str | None:
