@@ -48,8 +48,13 @@ class Config:
         return dataclasses.asdict(self)
 
     def replace(self, **overrides: Any) -> Self:
-        """A copy with fields overridden, validated again."""
+        """A copy with fields overridden, validated again. A nested config (a tower) takes a dict
+        of its own overrides: ``config.replace(text={"n_layers": 2})``."""
         self._check_keys(overrides, "override")
+        for key, value in overrides.items():
+            current = getattr(self, key)
+            if isinstance(current, Config) and isinstance(value, dict):
+                overrides[key] = current.replace(**value)
         return dataclasses.replace(self, **overrides)
 
     # Validation helpers for __post_init__.

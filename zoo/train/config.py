@@ -131,7 +131,9 @@ class DataSection:
         format: ``text`` (plain text, cut into ``max_len`` blocks), ``chat`` (JSONL of
             ``{"messages": [...]}`` or ``{"prompt", "response"}``, rendered with the chat template,
             loss on the last answer only), ``text_label`` (TSV: text, tab, label), ``digits``
-            (scikit-learn's bundled 8x8 digits) or ``hf`` (a Hugging Face dataset by name).
+            (scikit-learn's bundled 8x8 digits), ``hf`` (a Hugging Face dataset by name) or
+            ``image_caption`` (JSONL of ``{"image", "label", "captions"}``: contrastive image-text
+            pairs for CLIP; the last caption of each image is held out, see ``zoo.train.data``).
         train: the training file (text, chat, text_label).
         eval: an evaluation file (default: ``eval_fraction`` of ``train`` is held out).
         eval_fraction: held out of ``train`` when ``eval`` is not given.
@@ -141,9 +143,11 @@ class DataSection:
         system: a system message put before each chat example.
         image_size: digits are upscaled to this size (the model's image size).
         max_examples: use at most this many training examples.
+        crops, eval_crops: image_caption: augmented crops of each image for training, and for
+            evaluation (the first one the plain center crop, the others augmented with other seeds).
     """
 
-    format: str = _choices("text", "chat", "text_label", "digits", "hf", default="text")
+    format: str = _choices("text", "chat", "text_label", "digits", "hf", "image_caption", default="text")
     train: str | None = None
     eval: str | None = None
     eval_fraction: float = 0.1
@@ -156,6 +160,8 @@ class DataSection:
     system: str | None = None
     image_size: int = 32
     max_examples: int | None = None
+    crops: int = 8
+    eval_crops: int = 2
 
 
 @dataclass
@@ -226,7 +232,10 @@ class Recipe:
             raise RecipeError(f"data.max_len: must be at least 2, got {self.data.max_len}")
         if not 0.0 <= self.data.eval_fraction < 1.0:
             raise RecipeError(f"data.eval_fraction: must be in [0, 1), got {self.data.eval_fraction}")
-        needs_file = self.data.format in ("text", "chat", "text_label")
+        needs_file = self.data.format in ("text", "chat", "text_label", "image_caption")
+        if self.data.crops < 1 or self.data.eval_crops < 1:
+            raise RecipeError(f"data.crops: crops and eval_crops must be at least 1, got "
+                              f"{self.data.crops} and {self.data.eval_crops}")  # fmt: skip
         if needs_file and self.data.train is None:
             raise RecipeError(f"data.train: format {self.data.format!r} needs a training file")
         if self.data.format == "hf" and not self.data.hf_name:

@@ -29,9 +29,10 @@ def _interpolation(config: CLIPConfig) -> InterpolationMode:
 def image_transform(config: CLIPConfig) -> v2.Compose:
     """The inference preprocessing of a checkpoint: any image -> (3, image_size, image_size) float32.
 
-    Grayscale images are repeated to three channels, an alpha channel dropped (``v2.RGB``)."""
+    Grayscale and boolean images are repeated to three channels, an alpha channel dropped."""
     size = config.vision.image_size
     return v2.Compose([
+        v2.Lambda(_rgb),
         v2.ToImage(),
         v2.RGB(),
         v2.Resize(size, interpolation=_interpolation(config), antialias=True),  # the short side
@@ -46,6 +47,7 @@ def augment_transform(config: CLIPConfig, scale: tuple[float, float] = (0.35, 1.
     then the same normalisation as ``image_transform``."""
     size = config.vision.image_size
     return v2.Compose([
+        v2.Lambda(_rgb),
         v2.ToImage(),
         v2.RGB(),
         v2.RandomResizedCrop(size, scale=scale, interpolation=_interpolation(config), antialias=True),
@@ -67,7 +69,7 @@ def _rgb(image):
 def preprocess(config: CLIPConfig, images: Sequence, transform: v2.Compose | None = None) -> torch.Tensor:
     """A list of images -> (N, 3, image_size, image_size) pixel values for the model."""
     transform = transform or image_transform(config)
-    return torch.stack([transform(_rgb(image)) for image in images])
+    return torch.stack([transform(image) for image in images])
 
 
 def tokenize(tokenizer, texts: Sequence[str], config: CLIPConfig) -> dict[str, torch.Tensor]:
@@ -140,3 +142,34 @@ class ZeroShotClassifier:
 
     def predict(self, images) -> list[str]:
         return [self.labels[i] for i in self.logits(images).argmax(dim=-1).tolist()]
+
+
+@torch.no_grad()
+def retrieval_report(model: nn.Module, tokenizer, labels: Sequence[str], examples: list[dict],
+                     captions: Sequence[str]) -> dict:  # fmt: skip
+    """Zero-shot accuracy and text-to-image retrieval on preprocessed examples.
+
+    Args:
+        labels: class names; example ``label`` i is ``labels[i]``.
+        examples: dicts with ``pixel_values`` (C, H, W) and ``label``.
+        captions: one caption per label (held out of training).
+
+    Returns ``zero_shot_accuracy`` (each image's closest "a photo of a {label}." prompt is its own)
+    and ``text_to_image_top1`` (each caption's closest image is one of its label's).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        pixels = torch.stack([e["pixel_values"] for e in examples])
+        truth = torch.tensor([int(e["label"]) for e in examples])
+        predicted = ZeroShotClassifier(model, tokenizer, labels).logits(pixels).argmax(dim=-1).cpu()
+        batch = {k: v.to(model.device) for k, v in tokenize(tokenizer, list(captions), model.config).items()}
+        text = F.normalize(model.encode_text(**batch).float(), dim=-1)  # (n_labels, embed_dim)
+        image = F.normalize(model.encode_image(pixels.to(model.device, model.dtype)).float(), dim=-1)
+        closest = (text @ image.t()).argmax(dim=-1).cpu()  # (n_labels,) an image index per caption
+    finally:
+        model.train(was_training)
+    return {
+        "zero_shot_accuracy": float((predicted == truth).float().mean()),
+        "text_to_image_top1": float((truth[closest] == torch.arange(len(captions))).float().mean()),
+    }
