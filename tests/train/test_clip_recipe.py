@@ -8,9 +8,16 @@ import pytest
 import skimage.data
 import torch
 
+import zoo
 from zoo.families.clip.model import CLIPOutput
 from zoo.train.config import load_recipe
-from zoo.train.data import ContrastiveTask, image_caption_examples, read_image_captions, train_bpe_tokenizer
+from zoo.train.data import (
+    ContrastiveTask,
+    image_caption_examples,
+    read_image_captions,
+    save_tokenizer,
+    train_bpe_tokenizer,
+)
 from zoo.train.recipes import _text_tower_for, finetune
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,12 +89,17 @@ def test_crops_of_the_same_photo_are_positives_not_negatives():
     assert task.correct(out, batch) == 2 and task.targets(batch) == 3  # image 2's best text is image 0's
 
 
-def test_clip_photos_recipe_trains_and_reports_retrieval(tmp_path):
-    """The shipped recipe on 4 of its photos (the small ones, to keep the test short), tiny towers."""
+def _four_photos(tmp_path) -> Path:
     small = tmp_path / "photos.jsonl"
     rows = [r for r in PHOTOS.read_text().splitlines() if any(f'"skimage:{n}"' in r
             for n in ("chelsea", "coffee", "rocket", "coins"))]  # fmt: skip
     small.write_text("\n".join(rows) + "\n")
+    return small
+
+
+def test_clip_photos_recipe_trains_and_reports_retrieval(tmp_path):
+    """The shipped recipe on 4 of its photos (the small ones, to keep the test short), tiny towers."""
+    small = _four_photos(tmp_path)
     recipe = load_recipe(ROOT / "recipes" / "clip-photos.yaml",
                          [f"out_dir={tmp_path / 'run'}", *FAST, *TINY, f"data.train={small}", "data.crops=3",
                           "data.eval_crops=2", "train.steps=8", "train.batch_size=12", "train.warmup_steps=1",
@@ -102,6 +114,26 @@ def test_clip_photos_recipe_trains_and_reports_retrieval(tmp_path):
     for report in (result.before, result.after):
         assert 0.0 <= report["zero_shot_accuracy"] <= 1.0 and 0.0 <= report["text_to_image_top1"] <= 1.0
     assert (tmp_path / "run" / "adapter").is_dir()
+
+
+def test_clip_photos_recipe_on_a_checkpoint_with_its_tokenizer(tmp_path):
+    """The user's path: model.path to a transformers CLIPModel directory holding its tokenizer.json,
+    tokenizer=null, the embeddings and norms frozen."""
+    small = _four_photos(tmp_path)
+    bpe = train_bpe_tokenizer([c for r in read_image_captions(small) for c in r["captions"]] + ["a photo of a"], 300)
+    text = {"vocab_size": bpe.vocab_size, "pool": "eos", "eos_token_id": bpe.eos_token_id, "pad_token_id": 0,
+            "max_seq_len": 24}  # fmt: skip
+    base = zoo.create_model("clip-tiny", text=text)
+    base.save_pretrained(tmp_path / "ckpt")  # transformers' layout: config.json + model.safetensors
+    save_tokenizer(bpe, tmp_path / "ckpt")
+    recipe = load_recipe(ROOT / "recipes" / "clip-photos.yaml",
+                         [f"out_dir={tmp_path / 'run'}", *FAST, "model.name=null", f"model.path={tmp_path / 'ckpt'}",
+                          "tokenizer=null", "model.overrides={}", f"data.train={small}", "data.crops=2",
+                          "data.eval_crops=1", "train.steps=3", "train.batch_size=8",
+                          "lora.train_also=[text_proj.weight,vision_proj.weight,logit_scale]"])  # fmt: skip
+    result = finetune(recipe, log=lambda *a: None)
+    assert result.train.status == "finished" and (tmp_path / "run" / "adapter").is_dir()
+    assert "zero_shot_accuracy" in result.before and "text_to_image_top1" in result.after
 
 
 def test_a_random_text_tower_is_built_for_the_recipe_tokenizer():

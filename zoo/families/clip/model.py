@@ -100,8 +100,11 @@ class CLIPTextTower(nn.Module):
         return is_eos.int().argmax(dim=-1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ModelOutput:
+        """input_ids (B, T), T <= max_seq_len, each row with its end-of-text; attention_mask (B, T)
+        1/0 or None -> last_hidden_state (B, T, d_model) after the final norm, pooler_output (B, d_model)."""
         c = self.config
         check_token_ids(input_ids, c.vocab_size)
+        end = self.pool_index(input_ids)  # (B,) checked before any work
         T = input_ids.shape[1]
         positions = torch.arange(T, device=input_ids.device)
         x = self.embed(input_ids) + self.pos(positions)  # (B, T, d_model)
@@ -109,7 +112,7 @@ class CLIPTextTower(nn.Module):
         mask = build_mask(positions, positions, attention_mask, causal=True)
         x = run_layers(self.layers, x, checkpointing=self.gradient_checkpointing, mask=mask)
         x = self.norm(x)
-        pooled = x[torch.arange(x.shape[0], device=x.device), self.pool_index(input_ids)]  # (B, d_model)
+        pooled = x[torch.arange(x.shape[0], device=x.device), end]  # (B, d_model)
         return ModelOutput(last_hidden_state=x, pooler_output=pooled)
 
 
