@@ -9,6 +9,7 @@ import pytest
 import skimage.data
 import torch
 from torch.nn import functional as F
+from torchvision.transforms import v2
 
 import zoo
 from tests.conftest import randomize_
@@ -155,7 +156,9 @@ def test_preprocessing_matches_transformers_clip_image_processor_on_real_photos(
     assert pixels.min() < 0.01 and pixels.max() > 0.99
     rgba = np.dstack([skimage.data.coffee(), np.full((400, 600), 255, dtype=np.uint8)])
     assert torch.equal(preprocess(config, [rgba]), preprocess(config, [skimage.data.coffee()]))
-    assert image_transform(config.replace(interpolation="bilinear")).transforms[2].interpolation.value == "bilinear"
+    resize = next(t for t in image_transform(config.replace(interpolation="bilinear")).transforms
+                  if isinstance(t, v2.Resize))  # fmt: skip
+    assert resize.interpolation.value == "bilinear" and resize.size == [224]
 
 
 def test_zero_shot_classifier_agrees_with_the_model_logits():
@@ -173,3 +176,15 @@ def test_zero_shot_classifier_agrees_with_the_model_logits():
     assert ensemble.class_embeds.shape == (3, 20) and not torch.allclose(ensemble.class_embeds, classifier.class_embeds)
     with pytest.raises(ValueError, match=r"^templates: each needs a \{label\} placeholder"):
         ZeroShotClassifier(model, _Tokens(), labels, templates=("a photo",))
+
+
+def test_cli_lists_and_describes_the_clip_variants(capsys):
+    from zoo.cli import main
+
+    assert main(["list", "clip*"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("clip-vit-b-32", "clip-vit-b-16", "clip-vit-l-14", "clip-openclip-vit-b-32-quickgelu", "clip-tiny"):
+        assert name in listed
+    assert main(["info", "clip-vit-b-32"]) == 0
+    info = capsys.readouterr().out
+    assert "151,277,313" in info and "vision.embed.patch_embed.proj.weight" in info  # OpenAI's ViT-B/32 count
