@@ -188,3 +188,21 @@ def test_cli_lists_and_describes_the_clip_variants(capsys):
     assert main(["info", "clip-vit-b-32"]) == 0
     info = capsys.readouterr().out
     assert "151,277,313" in info and "vision.embed.patch_embed.proj.weight" in info  # OpenAI's ViT-B/32 count
+
+
+def test_gradient_checkpointing_reaches_both_towers_and_keeps_the_gradients():
+    model = tiny().train()
+    inputs = text_batch(model.config, torch.Generator().manual_seed(0), ends=(11, 6, 3))
+    pixels = torch.randn(3, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+
+    def grads():
+        model.zero_grad()
+        model(**inputs, pixel_values=pixels, return_loss=True).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain = grads()
+    model.set_gradient_checkpointing(True)
+    assert model.text.gradient_checkpointing and model.vision.gradient_checkpointing
+    checkpointed = grads()
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, atol=1e-6, rtol=1e-5, msg=name)
