@@ -2,6 +2,7 @@
 
 import dataclasses
 import difflib
+import typing
 from typing import Any, Self
 
 
@@ -28,15 +29,32 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
+        """The inverse of ``to_dict``: a field typed as another Config (a tower of a two-tower
+        model) is rebuilt from its nested dict, and lists come back as tuples where the field
+        is a tuple, so a config survives JSON unchanged."""
         cls._check_keys(data, "from a saved config")
-        return cls(**data)
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for key, value in data.items():
+            kind = hints[key]
+            if isinstance(kind, type) and issubclass(kind, Config) and isinstance(value, dict):
+                value = kind.from_dict(value)
+            elif typing.get_origin(kind) is tuple and isinstance(value, list):
+                value = tuple(value)
+            values[key] = value
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **overrides: Any) -> Self:
-        """A copy with fields overridden, validated again."""
+        """A copy with fields overridden, validated again. A nested config (a tower) takes a dict
+        of its own overrides: ``config.replace(text={"n_layers": 2})``."""
         self._check_keys(overrides, "override")
+        for key, value in overrides.items():
+            current = getattr(self, key)
+            if isinstance(current, Config) and isinstance(value, dict):
+                overrides[key] = current.replace(**value)
         return dataclasses.replace(self, **overrides)
 
     # Validation helpers for __post_init__.

@@ -59,8 +59,24 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file, truncated or corrupt? ({err})") from err
 
 
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory: single or sharded safetensors, or pytorch_model.bin."""
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot be read with weights_only=True ({err})") from err
+
+
+def read_weights(directory: Path, files: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory: single or sharded safetensors, or pytorch_model.bin.
+
+    ``files``: the weight files of another format (open_clip's), tried in this order instead."""
+    if files is not None:
+        for name in files:
+            if (directory / name).exists():
+                return _read_file(directory / name)
+        raise CheckpointError(f"{directory}: no weights found; expected {' or '.join(files)}")
     index = directory / "model.safetensors.index.json"
     if index.exists():
         weight_map = read_json(index).get("weight_map")
@@ -71,15 +87,14 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         for shard in shards:
             state.update(_load_safetensors(directory / shard))
         return state
-    for name in ("model.safetensors", "open_clip_model.safetensors"):
+    for name in (
+        "model.safetensors",
+        "open_clip_model.safetensors",
+        "pytorch_model.bin",
+        "open_clip_pytorch_model.bin",
+    ):
         if (directory / name).exists():
-            return _load_safetensors(directory / name)
-    for name in ("pytorch_model.bin", "open_clip_pytorch_model.bin"):
-        if (directory / name).exists():
-            try:
-                return torch.load(directory / name, map_location="cpu", weights_only=True)
-            except Exception as err:
-                raise CheckpointError(f"{directory / name}: cannot be read with weights_only=True ({err})") from err
+            return _read_file(directory / name)
     raise CheckpointError(
         f"{directory}: no weights found; expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
     )
@@ -199,7 +214,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 def read_architecture(path: Path, task: str | None = None) -> tuple[Family, str, object, dict]:
     """(family, task, config, the config file's contents) of a checkpoint directory, from its
-    zoo.json or config.json alone: enough to build the model (on the meta device, say) unloaded."""
+    zoo.json or config.json (or another format's config file, see ``_reference_config``) alone:
+    enough to build the model (on the meta device, say) unloaded."""
     if (path / ZOO_CONFIG).exists():
         where = path / ZOO_CONFIG
         meta = read_json(where)
@@ -218,8 +234,8 @@ def read_architecture(path: Path, task: str | None = None) -> tuple[Family, str,
         task = task or meta.get("task")
         family.model_class(task)
         return family, task, config, meta
-    if (path / "config.json").exists():
-        where = path / "config.json"
+    if (reference := _reference_config(path)) is not None:
+        where = reference[0]  # config.json, or another format's config file a family names
         hf_config = read_json(where)
         family = detect_family(hf_config, path)
         task = task_from_hf(family, hf_config, task)
@@ -231,6 +247,29 @@ def read_architecture(path: Path, task: str | None = None) -> tuple[Family, str,
             raise CheckpointError(f"{where}: a field has the wrong type for a {family.name} config ({err})") from err
         return family, task, config, hf_config
     raise CheckpointError(f"{path}: not a checkpoint directory (no config.json or {ZOO_CONFIG} in it)")
+
+
+def _claimed(hf_config: dict) -> bool:
+    return any(
+        hf_config.get("model_type") in f.hf_model_types or (f.matches is not None and f.matches(hf_config))
+        for f in FAMILIES.values()
+    )
+
+
+def _reference_config(directory: Path) -> tuple[Path, tuple[str, ...] | None] | None:
+    """The config file to read, and the weight files that go with it (None: the usual ones).
+
+    config.json first; then the config files of other formats that families name (open_clip's
+    open_clip_config.json). A directory holding several (timm's CLIP repositories keep timm's
+    image-tower config.json beside open_clip's full model) is read through the first one a
+    family claims."""
+    _load_families()
+    found = [(directory / "config.json", None)] if (directory / "config.json").exists() else []
+    for family in FAMILIES.values():
+        found += [
+            (directory / name, files) for name, files in family.config_files.items() if (directory / name).exists()
+        ]
+    return next((c for c in found if _claimed(read_json(c[0]))), found[0] if found else None)
 
 
 def from_pretrained(
@@ -273,8 +312,9 @@ def from_pretrained(
             load_converted(model, state, identity_rules(state), source_name=str(path))
             _set_label_names(model, source.get("label_names"), path / ZOO_CONFIG)
         else:
-            load_converted(model, read_weights(path), family.rules(config, task), source_name=str(path))
-            _set_label_names(model, _labels_from_hf(source, path / "config.json"), path / "config.json")
+            config_file, weight_files = _reference_config(path)
+            load_converted(model, read_weights(path, weight_files), family.rules(config, task), source_name=str(path))
+            _set_label_names(model, _labels_from_hf(source, config_file), config_file)
     if dtype is not None:
         model = model.to(_dtype(dtype))
     if device is not None:
@@ -328,6 +368,9 @@ _CHECKPOINT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
     "pytorch_model-*-of-*.bin",
+    "open_clip_config.json",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
 )
 
 
@@ -429,10 +472,11 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, format: str = "hf
         exported = convert_state_dict(
             state, invert_rules(family.rules(model.config, model.task)), source_name="zoo model"
         )
+        names = family.export_files(model.config) if family.export_files else ("config.json", "model.safetensors")
 
         def write(tmp: Path) -> None:
-            (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-            save_file(_contiguous(exported), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            (tmp / names[0]).write_text(json.dumps(hf_config, indent=2) + "\n")
+            save_file(_contiguous(exported), str(tmp / names[1]), metadata={"format": "pt"})
 
     else:
         raise ValueError(f"format: unknown checkpoint format {format!r}; choose 'hf' or 'zoo'")

@@ -29,6 +29,11 @@ class Family:
             names no ``architectures`` (timm's says ``num_classes`` instead).
         reference: optional (path, task) -> the reference implementation's model, for parity.
         parity: optional hooks for ``zoo.parity`` (see there).
+        config_files: config files of other formats the family reads -> their weight files, in
+            the order to try (open_clip's ``open_clip_config.json`` -> ``open_clip_model.safetensors``,
+            ``open_clip_pytorch_model.bin``); the config's dict goes to config_from_hf.
+        export_files: optional Config -> (config file, weights file) names that
+            ``save_pretrained(format="hf")`` writes (default config.json, model.safetensors).
     """
 
     name: str
@@ -43,6 +48,8 @@ class Family:
     task_from_config: Callable[[dict], str | None] | None = None
     reference: Any = None
     parity: Any = None
+    config_files: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    export_files: Callable[[Config], tuple[str, str]] | None = None
 
     def model_class(self, task: str | None) -> type[nn.Module]:
         if task is None:

@@ -141,12 +141,12 @@ def test_config_round_trips_through_its_reference_config(name):
 
 def test_positions_keep_the_class_token_apart():
     model = tiny()
-    table = model.pos.weight
+    table = model.embed.pos.weight
     for grid in ((5, 5), (7, 5), (3, 3)):
-        positions = model.positions(grid)
+        positions = model.embed.positions(grid, model.config.pos_resample_antialias)
         assert positions.shape == (1 + grid[0] * grid[1], 48)
         assert torch.equal(positions[0], table[0])
-    assert torch.equal(model.positions((5, 5)), table)  # the training grid: no resampling
+    assert torch.equal(model.embed.positions((5, 5)), table)  # the training grid: no resampling
 
 
 def test_resize_position_grid_keeps_a_smooth_grid():

@@ -6,30 +6,23 @@ import torch
 import zoo
 from tests.conftest import randomize_, tiny_test_variants
 from tests.train.conftest import config, lm_examples, tiny_gpt
+from zoo.blocks import Attention
 from zoo.lora import LoRALinear, apply_lora, load_adapter, merge_lora, save_adapter
+from zoo.registry import get_family
 from zoo.train import CausalLMTask, Trainer
 
 ATTENTION = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj"]
 
 
 def _inputs(model) -> dict:
-    """A small input batch for any registered model (token ids, images, or log-mel frames)."""
-    g = torch.Generator().manual_seed(0)
-    c = model.config
-    if hasattr(c, "n_mels"):
-        return {"input_features": torch.randn(2, c.n_mels, c.n_frames, generator=g)}
-    if hasattr(c, "image_size"):
-        channels = getattr(c, "in_channels", getattr(c, "n_channels", 3))
-        return {"pixel_values": torch.randn(2, channels, c.image_size, c.image_size, generator=g)}
-    ids = torch.randint(0, c.vocab_size, (2, 9), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, -3:] = 0  # padding
-    return {"input_ids": ids, "attention_mask": mask}
+    """The batch the family's parity spec builds for it (token ids, images, or both)."""
+    return get_family(model.family).parity.make_inputs(model, torch.Generator().manual_seed(0))
 
 
 def _out(model, inputs) -> torch.Tensor:
-    out = model(**inputs)
-    return out.logits if out.logits is not None else out.last_hidden_state  # base encoders have no head
+    """Every output the family's parity spec compares, flattened into one vector."""
+    outputs = get_family(model.family).parity.run_zoo(model, inputs)
+    return torch.cat([v.float().flatten() for _, v in sorted(outputs.items())])
 
 
 def _randomize_adapters(model) -> None:
@@ -48,7 +41,7 @@ def test_merge_equals_unmerged_on_every_family(name):
     with torch.no_grad():
         base = _out(model, inputs)
     adapted = apply_lora(model, ATTENTION, r=4, alpha=8)
-    assert len(adapted) == 4 * model.config.n_layers
+    assert len(adapted) == 4 * sum(isinstance(m, Attention) for m in model.modules())
     with torch.no_grad():
         same = _out(model, inputs)
         _randomize_adapters(model)

@@ -2,7 +2,7 @@
 
 from zoo.blocks.attention import Attention
 from zoo.blocks.cache import KVCache
-from zoo.blocks.embeddings import PatchEmbedding, check_token_ids
+from zoo.blocks.embeddings import PatchEmbedding, PatchTokens, check_token_ids
 from zoo.blocks.heads import FirstTokenPooler
 from zoo.blocks.layers import TransformerLayer, run_layers
 from zoo.blocks.masks import attention_mask
@@ -27,6 +27,7 @@ __all__ = [
     "LearnedPositions",
     "MoE",
     "PatchEmbedding",
+    "PatchTokens",
     "RMSNorm",
     "RelativePositionBias",
     "RotaryEmbedding",

@@ -147,8 +147,10 @@ class DataSection:
             loss on the last answer only), ``text_label`` (TSV: text, tab, label), ``digits``
             (scikit-learn's bundled 8x8 digits), ``audio_label`` (labelled speech clips: a directory
             of ``LABEL.wav`` / ``LABEL-anything.wav`` files or an ``.npz`` of mu-law clips, turned into
-            Whisper log-mel features) or ``hf`` (a Hugging Face dataset by name).
-        train: the training file (text, chat, text_label; audio_label: a directory or .npz).
+            Whisper log-mel features), ``hf`` (a Hugging Face dataset by name) or
+            ``image_caption`` (JSONL of ``{"image", "label", "captions"}``: contrastive image-text
+            pairs for CLIP; the last caption of each image is held out, see ``zoo.train.data``).
+        train: the training file (text, chat, text_label, image_caption; audio_label: a directory or .npz).
         eval: an evaluation file (default: ``eval_fraction`` of ``train`` is held out).
         eval_fraction: held out of ``train`` when ``eval`` is not given.
         max_len: tokens per example (longer ones are cut).
@@ -159,9 +161,11 @@ class DataSection:
         max_examples: use at most this many training examples.
         audio_seconds: audio_label only: keep this many seconds of each clip's features (None:
             Whisper's whole 30 s window; a short window trains much faster on short clips).
+        crops, eval_crops: image_caption: augmented crops of each image for training, and for
+            evaluation (the first one the plain center crop, the others augmented with other seeds).
     """
 
-    format: str = _choices("text", "chat", "text_label", "digits", "audio_label", "hf", default="text")
+    format: str = _choices("text", "chat", "text_label", "digits", "audio_label", "hf", "image_caption", default="text")
     train: str | None = None
     eval: str | None = None
     eval_fraction: float = 0.1
@@ -175,6 +179,8 @@ class DataSection:
     image_size: int = 32
     max_examples: int | None = None
     audio_seconds: float | None = None
+    crops: int = 8
+    eval_crops: int = 2
 
 
 @dataclass
@@ -245,7 +251,10 @@ class Recipe:
             raise RecipeError(f"data.max_len: must be at least 2, got {self.data.max_len}")
         if not 0.0 <= self.data.eval_fraction < 1.0:
             raise RecipeError(f"data.eval_fraction: must be in [0, 1), got {self.data.eval_fraction}")
-        needs_file = self.data.format in ("text", "chat", "text_label")
+        needs_file = self.data.format in ("text", "chat", "text_label", "image_caption")
+        if self.data.crops < 1 or self.data.eval_crops < 1:
+            raise RecipeError(f"data.crops: crops and eval_crops must be at least 1, got "
+                              f"{self.data.crops} and {self.data.eval_crops}")  # fmt: skip
         if needs_file and self.data.train is None:
             raise RecipeError(f"data.train: format {self.data.format!r} needs a training file")
         if self.data.format == "audio_label":

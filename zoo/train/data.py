@@ -147,6 +147,40 @@ class ClassificationTask:
         return int((output.logits.argmax(-1) == batch["label"]).sum())
 
 
+class ContrastiveTask:
+    """Image-text pairs (CLIP): the symmetric contrastive loss over the batch's similarity matrix.
+
+    Examples carry the ``label`` of the image they were cut from; every caption of the same image
+    counts as a positive (soft targets spread over them), so two crops of one photo in a batch are
+    not pushed apart as negatives. ``correct`` counts images whose most similar text is one of theirs.
+    """
+
+    name = "contrastive"
+
+    def inputs(self, batch: dict) -> dict:
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+
+    def targets(self, batch: dict) -> int:
+        return len(batch["pixel_values"])
+
+    @staticmethod
+    def _positives(batch: dict) -> torch.Tensor:
+        label = batch["label"]
+        return (label[:, None] == label[None, :]).float()  # (B, B) 1 where image i and text j share a photo
+
+    def loss_sum(self, output, batch: dict) -> torch.Tensor:
+        logits = output.logits_per_image.float()  # (B images, B texts)
+        same = self._positives(batch)
+        target = same / same.sum(dim=1, keepdim=True)  # symmetric, so it serves both directions
+        per_image = F.cross_entropy(logits, target, reduction="sum")
+        per_text = F.cross_entropy(logits.t(), target, reduction="sum")
+        return (per_image + per_text) / 2
+
+    def correct(self, output, batch: dict) -> int:
+        best = output.logits_per_image.argmax(dim=-1)  # (B,) the text each image is closest to
+        return int(self._positives(batch)[torch.arange(len(best)), best].sum())
+
+
 # --- datasets ------------------------------------------------------------------------------
 
 
@@ -344,3 +378,77 @@ def audio_examples(
             for i, f in zip(chunk, log_mel_spectrogram(batch, rate, n_mels, seconds=window), strict=True):
                 features[i] = f
     return [{"input_features": f, "label": index[label]} for f, (_, _, label) in zip(features, clips, strict=True)]
+
+
+def read_image_captions(path: str | Path) -> list[dict]:
+    """JSONL rows ``{"image": ..., "label": ..., "captions": [...]}``; ``image`` is a file path
+    (relative to the JSONL file) or ``skimage:NAME`` for one of scikit-image's bundled sample images."""
+    path = Path(path)
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: not valid JSON ({err})") from err
+        missing = [k for k in ("image", "label", "captions") if k not in row]
+        if missing:
+            raise ValueError(f"{path}:{n}: missing {', '.join(missing)} (each row needs image, label, captions)")
+        if not isinstance(row["captions"], list) or len(row["captions"]) < 2:
+            raise ValueError(f"{path}:{n}: captions needs at least two (the last is held out for evaluation)")
+        rows.append({**row, "base": path.parent})
+    if not rows:
+        raise ValueError(f"{path}: no image-caption rows")
+    return rows
+
+
+def load_image(spec: str, base: Path | None = None):
+    """``skimage:NAME`` -> that sample image as a numpy array (no download: the bundled ones);
+    otherwise an image file, read with PIL."""
+    if spec.startswith("skimage:"):
+        import skimage.data
+
+        name = spec.removeprefix("skimage:")
+        if not hasattr(skimage.data, name):
+            raise ValueError(f"image: scikit-image has no sample image {name!r}")
+        return getattr(skimage.data, name)()
+    from PIL import Image
+
+    path = Path(spec) if base is None or Path(spec).is_absolute() else base / spec
+    if not path.is_file():
+        raise ValueError(f"image: file {path} does not exist")
+    return Image.open(path).convert("RGB")
+
+
+def image_caption_examples(
+    rows: list[dict], tokenize, image_transform, augment, crops: int, eval_crops: int, seed: int
+) -> tuple[list[dict], list[dict], list[str]]:
+    """Training and evaluation examples from image-caption rows.
+
+    Training: ``crops`` augmented crops of every image, each paired with one of its captions but
+    the last (in turn). Evaluation: the plain center crop and ``eval_crops - 1`` crops augmented
+    with other seeds, paired with the held-out last caption. Returns (train, eval, eval captions).
+
+    Args:
+        tokenize: list of texts -> {"input_ids", "attention_mask"} (B, T).
+        image_transform, augment: image -> (C, H, W) tensor, the center crop and the random one.
+    """
+    train, eval_, held_out = [], [], []
+    for label, row in enumerate(rows):
+        image = load_image(row["image"], row.get("base"))
+        captions = row["captions"]
+        train_ids = tokenize(captions[:-1])
+        eval_ids = tokenize(captions[-1:])
+        for k in range(crops):
+            torch.manual_seed(seed * 100_003 + label * 1009 + k)  # the torchvision transforms draw from it
+            j = k % (len(captions) - 1)
+            n = int(train_ids["attention_mask"][j].sum())
+            train.append({"input_ids": train_ids["input_ids"][j, :n], "pixel_values": augment(image), "label": label})
+        n = int(eval_ids["attention_mask"][0].sum())
+        for k in range(eval_crops):
+            torch.manual_seed(seed * 100_003 + label * 1009 + 500 + k)  # other seeds than training's
+            pixels = image_transform(image) if k == 0 else augment(image)
+            eval_.append({"input_ids": eval_ids["input_ids"][0, :n], "pixel_values": pixels, "label": label})
+        held_out.append(captions[-1])
+    return train, eval_, held_out

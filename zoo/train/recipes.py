@@ -27,12 +27,15 @@ from zoo.train.config import Recipe, RecipeError, resolve_path
 from zoo.train.data import (
     CausalLMTask,
     ClassificationTask,
+    ContrastiveTask,
     audio_examples,
     chat_example,
     classification_examples,
     digits_examples,
+    image_caption_examples,
     read_audio_clips,
     read_chat_file,
+    read_image_captions,
     read_text_file,
     read_text_label_file,
     save_tokenizer,
@@ -57,6 +60,7 @@ class Prepared:
     label_names: list[str] = field(default_factory=list)
     eval_chats: list[list[dict]] = field(default_factory=list)
     new_weights: list[str] = field(default_factory=list)
+    eval_captions: list[str] = field(default_factory=list)  # image_caption: the held-out one per image
 
 
 @dataclass
@@ -126,11 +130,20 @@ def build_tokenizer(recipe: Recipe, run_dir: Path):
     saved = run_dir / "tokenizer"
     if recipe.train.resume and (saved / "tokenizer.json").is_file():
         return load_tokenizer(saved)  # the vocabulary the checkpoints were trained with
-    if recipe.data.format != "text":
-        raise RecipeError(f"tokenizer: bpe:N trains on plain text (data.format: text), not {recipe.data.format!r}")
+    if recipe.data.format == "image_caption":
+        # The captions, and the prompts zero-shot evaluation builds from the labels.
+        rows = read_image_captions(recipe.data.train)
+        texts = [c for r in rows for c in r["captions"]] + [f"a photo of a {r['label']}." for r in rows]
+    elif recipe.data.format == "text":
+        texts = read_text_file(recipe.data.train)
+    else:
+        raise RecipeError(
+            f"tokenizer: bpe:N trains on plain text or captions (data.format: text or image_caption), "
+            f"not {recipe.data.format!r}"
+        )
     if int(match.group(1)) <= 257:  # byte-level BPE starts from 256 bytes plus <|endoftext|>
         raise RecipeError(f"tokenizer: {spec} is too small; a byte-level BPE has 257 tokens before any merge")
-    tokenizer = train_bpe_tokenizer(read_text_file(recipe.data.train), int(match.group(1)))
+    tokenizer = train_bpe_tokenizer(texts, int(match.group(1)))
     if os.environ.get("RANK", "0") == "0":  # every process trains the same one; the first keeps it
         save_tokenizer(tokenizer, saved)
     return tokenizer
@@ -175,6 +188,19 @@ def _head_weights(model: nn.Module) -> list[str]:
     return sorted(set(dict(model.named_parameters())) - set(dict(trunk.named_parameters())))
 
 
+def _text_tower_for(tokenizer, text: dict) -> dict:
+    """A random two-tower model's text tower sized for the recipe's tokenizer: its vocabulary, and
+    pooling at the tokenizer's end-of-text (a trained BPE's is id 0, not the highest id)."""
+    text.setdefault("vocab_size", tokenizer.vocab_size)
+    if tokenizer.eos_token_id is not None:
+        text.setdefault("pool", "eos")
+        text.setdefault("eos_token_id", tokenizer.eos_token_id)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is not None:
+        text.setdefault("pad_token_id", pad)
+    return text
+
+
 def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.Module, list[str]]:
     """A registered variant with fresh weights (``model.name``) or a checkpoint (``model.path``).
 
@@ -194,6 +220,8 @@ def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.M
         field = _label_field(variant.config)
         if num_labels is not None and field is not None:
             overrides.setdefault(field, num_labels)
+        if tokenizer is not None and "text" in type(variant.config).field_names():
+            overrides["text"] = _text_tower_for(tokenizer, dict(overrides.get("text") or {}))
         try:
             model = zoo.create_model(m.name, task=m.task, **overrides)
         except ValueError as err:
@@ -221,6 +249,12 @@ def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.M
 
 
 def _check_task(recipe: Recipe, model: nn.Module) -> object:
+    if recipe.data.format == "image_caption":
+        if not (hasattr(model, "encode_image") and hasattr(model, "encode_text")):
+            raise RecipeError(f"data.format: image_caption trains an image-text model (CLIP), not {model.task!r}")
+        return ContrastiveTask()
+    if hasattr(model, "encode_image") and hasattr(model, "encode_text"):
+        raise RecipeError(f"data.format: an image-text model trains on image_caption data, not {recipe.data.format!r}")
     wants_classes = _is_classification(recipe)
     is_lm = getattr(model, "task", "") == "causal_lm"
     if wants_classes and is_lm:
@@ -267,6 +301,9 @@ def prepare(recipe: Recipe) -> Prepared:
         eval_raw = _audio_clips(d.eval, "data.eval") if d.eval else None
         label_names = sorted({c[2] for c in train_raw + (eval_raw or [])}, key=lambda s: (len(s), s))
         train = eval_ = None  # features need the model's n_mels: built below
+    elif d.format == "image_caption":
+        rows = read_image_captions(d.train)
+        train, eval_, label_names = None, None, [r["label"] for r in rows]
     else:  # hf
         rows = _hf_rows(recipe)
         if d.label_field is None:
@@ -293,6 +330,15 @@ def prepare(recipe: Recipe) -> Prepared:
         index = {name: i for i, name in enumerate(label_names)}
         train = audio_examples(train_raw, index, model.config.n_mels, d.audio_seconds)
         eval_ = audio_examples(eval_raw, index, model.config.n_mels, d.audio_seconds) if eval_raw else None
+    eval_captions: list[str] = []
+    if d.format == "image_caption":
+        from zoo.families.clip.zero_shot import augment_transform, image_transform, tokenize
+
+        c = model.config
+        train, eval_, eval_captions = image_caption_examples(
+            rows, lambda texts: tokenize(tokenizer, texts, c), image_transform(c), augment_transform(c),
+            d.crops, d.eval_crops, seed,
+        )  # fmt: skip
     if eval_ is None and d.format != "chat":
         train, eval_ = _split(train, d.eval_fraction, seed)
     if d.max_examples and len(train) > d.max_examples:
@@ -315,7 +361,8 @@ def prepare(recipe: Recipe) -> Prepared:
     pad_id = 0
     if tokenizer is not None:
         pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-    return Prepared(model, task, train, eval_ or [], tokenizer, pad_id, label_names, eval_chats, new_weights)
+    return Prepared(model, task, train, eval_ or [], tokenizer, pad_id, label_names, eval_chats, new_weights,
+                    eval_captions)  # fmt: skip
 
 
 # --- before / after ------------------------------------------------------------------------
@@ -378,6 +425,10 @@ def show(recipe: Recipe, prep: Prepared, trainer: Trainer) -> dict:
         hits = sum(_normalise(a) == _normalise(c[-1]["content"]) for a, c in zip(answers, chats, strict=True))
         report["exact_match"] = hits / len(chats)
         report["answers"] = answers
+    if prep.eval_captions:
+        from zoo.families.clip.zero_shot import retrieval_report
+
+        report.update(retrieval_report(trainer.model, tok, prep.label_names, prep.eval, prep.eval_captions))
     if s.prompts and tok is not None:
         prompts = [tok.encode(p, add_special_tokens=False) for p in s.prompts]
         continuations = generate_texts(trainer.model, tok, prompts, s.max_new_tokens)
@@ -389,7 +440,16 @@ def _print_comparison(prep: Prepared, before: dict, after: dict, log) -> None:
     log("\n=== before -> after training ===")
     if "eval_loss" in before:
         log(f"eval loss on {len(prep.eval)} held-out examples: {before['eval_loss']:.4f} -> {after['eval_loss']:.4f}")
-    if prep.label_names and "eval_accuracy" in before:
+    if prep.eval_captions:
+        n, k = len(prep.label_names), len(prep.eval)
+        log(f"in-batch image->text accuracy: {before['eval_accuracy']:.1%} -> {after['eval_accuracy']:.1%}")
+        log(
+            f"zero-shot accuracy over {n} classes ('a photo of a {{label}}.') on {k} held-out crops: "
+            f"{before['zero_shot_accuracy']:.1%} -> {after['zero_shot_accuracy']:.1%} (chance {1 / n:.1%})"
+        )
+        log(f"text->image top-1 over {k} crops, {n} held-out captions: "
+            f"{before['text_to_image_top1']:.1%} -> {after['text_to_image_top1']:.1%}")  # fmt: skip
+    elif prep.label_names and "eval_accuracy" in before:
         log(f"eval accuracy:  {before['eval_accuracy']:.1%} -> {after['eval_accuracy']:.1%}")
     if "exact_match" in before:
         n = len(before["answers"])

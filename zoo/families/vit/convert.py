@@ -42,8 +42,13 @@ _TIMM_FIXED = {"class_token": True, "no_embed_class": False, "reg_tokens": 0, "p
 
 
 def is_timm_config(hf: dict) -> bool:
-    """A timm Hugging Face-format config.json naming a ViT (it has no model_type)."""
-    return "model_type" not in hf and str(hf.get("architecture", "")).startswith("vit_")
+    """A timm Hugging Face-format config.json naming a ViT (it has no model_type).
+
+    Not timm's CLIP image towers (``vit_base_patch32_clip_224`` and kin): they carry a pre-norm
+    zoo's ViT does not have, and their repositories hold the whole CLIP in open_clip's files,
+    which the clip family reads."""
+    arch = str(hf.get("architecture", ""))
+    return "model_type" not in hf and arch.startswith("vit_") and "_clip_" not in arch
 
 
 def task_from_config(hf: dict) -> str | None:
@@ -270,10 +275,10 @@ def _timm_rules(c: ViTConfig, task: str) -> list[Rule]:
     b, layer = "blocks.{i}", "layers.{i}"
     qkv = [f"{layer}.attn.{n}_proj" for n in "qkv"]
     out = [
-        rename("cls_token", "cls_token"),
-        _squeeze_batch("pos_embed", "pos.weight"),
-        rename("patch_embed.proj.weight", "patch_embed.proj.weight"),
-        rename("patch_embed.proj.bias", "patch_embed.proj.bias"),
+        rename("cls_token", "embed.cls_token"),
+        _squeeze_batch("pos_embed", "embed.pos.weight"),
+        rename("patch_embed.proj.weight", "embed.patch_embed.proj.weight"),
+        rename("patch_embed.proj.bias", "embed.patch_embed.proj.bias"),
         # timm fuses q, k, v into one (3 * d_model, d_model) projection.
         split(f"{b}.attn.qkv.weight", [f"{n}.weight" for n in qkv]),
     ]
@@ -294,13 +299,13 @@ def _transformers_rules(c: ViTConfig, task: str) -> list[Rule]:
     p = "" if task == "base" else "vit."
     e, h, layer = f"{p}embeddings", f"{p}encoder.layer.{{i}}", "layers.{i}"
     out = [
-        rename(f"{e}.cls_token", "cls_token"),
-        _squeeze_batch(f"{e}.position_embeddings", "pos.weight"),
+        rename(f"{e}.cls_token", "embed.cls_token"),
+        _squeeze_batch(f"{e}.position_embeddings", "embed.pos.weight"),
     ]
     pairs = [("attention.output.dense", "attn.o_proj"), ("layernorm_before", "norm1"), ("layernorm_after", "norm2"),
              ("intermediate.dense", "mlp.up"), ("output.dense", "mlp.down")]  # fmt: skip
     for w in ("weight", "bias"):
-        out.append(rename(f"{e}.patch_embeddings.projection.{w}", f"patch_embed.proj.{w}"))
+        out.append(rename(f"{e}.patch_embeddings.projection.{w}", f"embed.patch_embed.proj.{w}"))
         if w == "weight" or c.qkv_bias:
             out += [
                 rename(f"{h}.attention.attention.{n}.{w}", f"{layer}.attn.{n[0]}_proj.{w}")

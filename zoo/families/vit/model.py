@@ -11,12 +11,10 @@ from torch import nn
 from zoo.blocks import (
     Attention,
     FirstTokenPooler,
-    LearnedPositions,
-    PatchEmbedding,
+    PatchTokens,
     TransformerLayer,
     make_mlp,
     make_norm,
-    resize_position_grid,
 )
 from zoo.config import ConfigError
 from zoo.encoder import Encoder, classification_loss, init_encoder_weights
@@ -38,9 +36,7 @@ class ViT(Encoder):
     def __init__(self, config: ViTConfig):
         super().__init__(config)
         c = config
-        self.patch_embed = PatchEmbedding(c.patch_size, c.in_channels, c.d_model)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.d_model))
-        self.pos = LearnedPositions(c.max_seq_len, c.d_model)  # the class token's, then the patches' row-major
+        self.embed = PatchTokens(c.image_size, c.patch_size, c.in_channels, c.d_model)
         self.drop = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList(
             TransformerLayer(
@@ -62,21 +58,12 @@ class ViT(Encoder):
     def build_head(self) -> None:
         """Subclasses build their head here (before the weights are initialised)."""
 
-    def positions(self, grid: tuple[int, int]) -> torch.Tensor:
-        """The position table for a patch grid: (1 + h * w, d_model), resampled if the grid is not
-        the training one. The class token's position is kept apart, never resampled."""
-        table = self.pos.weight
-        patches = resize_position_grid(table[1:], self.config.grid, grid, self.config.pos_resample_antialias)
-        return torch.cat([table[:1], patches])
-
     def features(
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """pixel_values (B, C, H, W) -> final hidden states (B, 1 + patches, d_model), the pooled
         feature (B, d_model) and the hidden states. H and W need not be the training size."""
-        x, grid = self.patch_embed(pixel_values)  # (B, h * w, d_model)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, d_model)
-        x = torch.cat([cls, x], dim=1) + self.positions(grid)  # (B, 1 + h * w, d_model)
+        x = self.embed(pixel_values, self.config.pos_resample_antialias)  # (B, 1 + h * w, d_model)
         x, states = self.encode(self.drop(x), output_hidden_states=output_hidden_states)
         pooled = x[:, 0] if self.config.pool == "token" else x[:, 1:].mean(dim=1)  # (B, d_model)
         if self.fc_norm is not None:
