@@ -99,13 +99,14 @@ _DROPOUTS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
 
 
 def _dropout(hf: dict) -> float:
-    """transformers' three GPT-2 dropouts (0.1 each by default); zoo's GPT has one for all three."""
+    """transformers' three GPT-1/GPT-2 dropouts (0.1 each by default); zoo's GPT has one for all three."""
     values = {key: hf.get(key, 0.1) for key in _DROPOUTS}
     first = _DROPOUTS[0]
+    which = "GPT-1" if hf.get("model_type") == "openai-gpt" else "GPT-2"
     for key, value in values.items():
         if value != values[first]:
             raise ConfigError(
-                f"{key}: the checkpoint sets {key}={value} but {first}={values[first]}; zoo's GPT has one "
+                f"{key}: {which} checkpoint sets {key}={value} but {first}={values[first]}; zoo's GPT has one "
                 "dropout for residual, embedding and attention: set the three equal in config.json"
             )
     return values[first]
