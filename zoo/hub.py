@@ -111,6 +111,7 @@ def from_pretrained(
     task: str | None = None,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
+    quantization: str | None = None,
 ) -> nn.Module:
     """Load a checkpoint into its zoo family, in eval mode.
 
@@ -120,7 +121,12 @@ def from_pretrained(
         task: which head to build (default: what config.json's ``architectures`` names).
         dtype: cast the weights to this dtype.
         device: move the model there.
+        quantization: ``"int8"`` or ``"int4"`` quantizes the weights for CPU decoding
+            (``zoo.quant.quantize``); ``"native"`` keeps a GGUF file's own Q4_0/Q4_1/Q8_0 weights.
+            See docs/quantization.md.
     """
+    if quantization is not None and dtype not in (None, torch.bfloat16):
+        raise ValueError(f"dtype: a quantized model runs in bfloat16; drop dtype={dtype} or quantization")
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
@@ -134,7 +140,7 @@ def from_pretrained(
                 f"{path}: zoo reads checkpoint directories and single files of kind "
                 f"{', '.join(sorted(FILE_LOADERS)) or '(none)'}; not {path.suffix or 'a file without suffix'}"
             )
-        model = loader(path, task=task)
+        model = loader(path, task=task, **({"quantization": quantization} if quantization else {}))
     elif (path / ZOO_CONFIG).exists():
         meta = read_json(path / ZOO_CONFIG)
         _load_families()
@@ -158,6 +164,11 @@ def from_pretrained(
         load_converted(model, read_weights(path), family.rules(config, task), source_name=str(path))
     else:
         raise CheckpointError(f"{path}: not a checkpoint directory (no config.json or {ZOO_CONFIG} in it)")
+    if quantization is not None and not path.is_file():
+        from zoo.quant import check_quantization, quantize
+
+        check_quantization(quantization, native=False)
+        model = quantize(model, quantization)
     if dtype is not None:
         model = model.to(dtype)
     if device is not None:
