@@ -125,8 +125,8 @@ def from_pretrained(
             (``zoo.quant.quantize``); ``"native"`` keeps a GGUF file's own Q4_0/Q4_1/Q8_0 weights.
             See docs/quantization.md.
     """
-    if quantization is not None and dtype not in (None, torch.bfloat16):
-        raise ValueError(f"dtype: a quantized model runs in bfloat16; drop dtype={dtype} or quantization")
+    if quantization is not None and dtype is not None:
+        raise ValueError("dtype: a quantized model chooses its own dtypes (docs/quantization.md); drop dtype")
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")

