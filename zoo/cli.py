@@ -66,7 +66,11 @@ def cmd_generate(args) -> int:
     from zoo.tokenizer import load_tokenizer
 
     if Path(args.model).exists():
-        model = from_pretrained(args.model)
+        from zoo.quant import default_quantization, quantization_summary
+
+        quantization = default_quantization(args.model, args.quantization)
+        model = from_pretrained(args.model, quantization=quantization)
+        print(f"zoo generate: {quantization_summary(model)}", file=sys.stderr)
     elif args.tokenizer is None:
         raise ValueError(f"--tokenizer: {args.model!r} is no path, and a registered name has no tokenizer")
     else:
@@ -131,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--num-beams", type=int, default=1, help="beam search (prints the text at the end)")
     p.add_argument("--seed", type=int, default=None, help="for reproducible sampling")
+    p.add_argument(
+        "--quantization",
+        choices=["auto", "none", "native", "int8", "int4"],
+        default="auto",
+        help="auto: a GGUF file's own Q4/Q8 weights (native), else none (fp32); see docs/quantization.md",
+    )
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser(

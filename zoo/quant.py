@@ -225,6 +225,15 @@ def check_quantization(quantization: str | None, native: bool) -> None:
         raise ValueError(f"quantization: {quantization!r} is not one of {', '.join(allowed)}{extra}")
 
 
+def default_quantization(path, choice: str = "auto") -> str | None:
+    """What ``zoo generate --quantization`` loads ``path`` with: ``auto`` is the fastest path that
+    computes with the checkpoint's own weights: a GGUF file's codes (``native``), else none (fp32).
+    ``int8``/``int4`` requantize, so they are never chosen for you."""
+    if choice == "auto":
+        return "native" if str(path).lower().endswith(".gguf") else None
+    return None if choice == "none" else choice
+
+
 def _skipped(name: str) -> bool:
     return name.endswith("router")  # MoE routers: see the module docstring
 

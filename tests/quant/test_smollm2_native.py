@@ -68,3 +68,12 @@ def test_greedy_answers_are_the_fp32_ones(models, prompts):
         a = fp32.generate(torch.tensor([ids]), max_new_tokens=16)
         b = native.generate(torch.tensor([ids]), max_new_tokens=16)
         assert torch.equal(a, b)
+
+
+def test_zoo_generate_runs_the_native_codes_and_says_so(capsys):
+    from zoo.cli import main
+
+    assert main(["generate", str(GGUF), "--prompt", "What is the capital of France?", "--max-new-tokens", "8"]) == 0
+    captured = capsys.readouterr()
+    assert "Paris" in captured.out
+    assert "zoo generate: float32, weights 8-bit blocks as 2x int4 g32 (1 layers), int4 g32 (210 layers)" in captured.err
