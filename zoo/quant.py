@@ -238,6 +238,27 @@ def _skipped(name: str) -> bool:
     return name.endswith("router")  # MoE routers: see the module docstring
 
 
+def fusable(layers: nn.Module) -> list[tuple[str, nn.Module, tuple[str, ...], str]]:
+    """(name, owner, projections, fuse method) for each group of projections that read the same
+    input: q/k/v of every self-attention, gate/up of every gated MLP (MoE experts included)."""
+    from zoo.blocks.attention import Attention
+    from zoo.blocks.mlp import MLP
+
+    groups = []
+    for name, m in layers.named_modules():
+        if isinstance(m, Attention) and name.rsplit(".", 1)[-1] == "attn" and m.qkv_proj is None:
+            groups.append((name, m, ("q_proj", "k_proj", "v_proj"), "fuse_qkv"))
+        elif isinstance(m, MLP) and m.gate is not None and m.gate_up is None:
+            groups.append((name, m, ("gate", "up"), "fuse_gate_up"))
+    return groups
+
+
+def _fused_bias(parts: list[nn.Module]) -> torch.Tensor | None:
+    if all(p.bias is None for p in parts):
+        return None
+    return torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]) for p in parts])
+
+
 def quantize(model: nn.Module, kind: str, group_size: int | None = None) -> nn.Module:
     """Quantize a decoder's weights in place for CPU inference; returns the model.
 
@@ -247,8 +268,9 @@ def quantize(model: nn.Module, kind: str, group_size: int | None = None) -> nn.M
         group_size: int4's inputs per scale and zero point: 32 (default), 64, 128 or 256.
 
     Every ``nn.Linear`` in the layers (attention, MLP, each MoE expert) and the output
-    projection is replaced by a ``QuantLinear``; routers, norms and the input embedding keep
-    their dtype. A model with tied embeddings gets an untied quantized output projection.
+    projection is replaced by a ``QuantLinear``, q/k/v and gate/up fused into one each; routers,
+    norms and the input embedding keep their dtype. A model with tied embeddings gets an untied
+    quantized output projection.
     """
     if kind not in KINDS:
         raise ValueError(f"quantization: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -259,6 +281,18 @@ def quantize(model: nn.Module, kind: str, group_size: int | None = None) -> nn.M
     head = model.lm_head if model.lm_head is not None else model.embed  # tied: the embedding is the projection
     replace = {name: m for name, m in model.layers.named_modules() if isinstance(m, nn.Linear) and not _skipped(name)}
     with torch.no_grad():
+        # Each output row is quantized on its own, so quantizing the concatenated weights of q/k/v
+        # (gate/up) gives the same codes as quantizing each; one matmul then reads them all.
+        for name, owner, projections, fuse in fusable(model.layers):
+            parts = [getattr(owner, p) for p in projections]
+            weight = torch.cat([p.weight for p in parts])
+            try:
+                layer = QuantLinear.from_weight(weight, kind, group_size, _fused_bias(parts))
+            except ValueError as err:
+                raise ValueError(f"layers.{name}.{projections[0]}: {err}") from err
+            getattr(owner, fuse)(layer)
+            for p in projections:
+                replace.pop(f"{name}.{p}")
         for name, linear in replace.items():
             parent, _, attr = name.rpartition(".")
             try:

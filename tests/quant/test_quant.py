@@ -165,3 +165,18 @@ def test_output_projection_recomputes_its_top_logits_in_fp32():
     assert torch.allclose(y.gather(1, top), exact.gather(1, top), rtol=1e-5, atol=1e-4)
     assert not torch.equal(y.gather(1, top), rough.gather(1, top))  # the bf16 values were coarser
     assert torch.equal(y.argmax(-1), exact.argmax(-1))
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_fused_projections_compute_what_separate_ones_do(kind, monkeypatch):
+    """q/k/v and gate/up quantized as one stacked matrix: every row keeps its own scales, so the
+    outputs are those of the separate layers."""
+    make = lambda: randomize_(zoo.create_model("mixtral-tiny", **TINY["mixtral-tiny"]), std=0.05)
+    fused = zoo.quantize(make(), kind)
+    assert fused.layers[0].attn.qkv_proj is not None and fused.layers[0].mlp.experts[0].gate_up is not None
+    monkeypatch.setattr(zoo.quant, "fusable", lambda layers: [])
+    separate = zoo.quantize(make(), kind)
+    assert isinstance(separate.layers[0].attn.q_proj, QuantLinear)
+    ids = torch.randint(0, 157, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(ids).logits, separate(ids).logits, rtol=1e-2, atol=1e-2)

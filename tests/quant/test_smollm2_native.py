@@ -43,10 +43,13 @@ def test_file_codes_reconstruct_the_fp32_weights_bit_for_bit():
 def test_every_quantized_tensor_is_kept(models):
     _, native = models
     kept = [m for m in native.modules() if isinstance(m, QuantLinear)]
-    assert len(kept) == 30 * 7 + 1  # 7 projections a layer (Q4_1) and the tied output projection (Q8_0)
-    assert native.lm_head.input_copies == 2 and native.layers[0].mlp.down.kind == "int4"
+    # 7 projections a layer (Q4_1), fused to 4 (qkv, o, gate_up, down), and the tied output projection (Q8_0)
+    assert len(kept) == 30 * 4 + 1
+    attn, mlp = native.layers[0].attn, native.layers[0].mlp
+    assert attn.qkv_proj.out_features == 576 + 2 * 192 and mlp.gate_up.out_features == 2 * 1536
+    assert native.lm_head.input_copies == 2 and mlp.down.kind == "int4"
     assert quantization_summary(native) == (
-        "float32, weights 8-bit blocks as 2x int4 g32 (1 layers), int4 g32 (210 layers), their matmuls in bfloat16"
+        "float32, weights 8-bit blocks as 2x int4 g32 (1 layers), int4 g32 (120 layers), their matmuls in bfloat16"
     )
 
 
@@ -76,4 +79,4 @@ def test_zoo_generate_runs_the_native_codes_and_says_so(capsys):
     assert main(["generate", str(GGUF), "--prompt", "What is the capital of France?", "--max-new-tokens", "8"]) == 0
     captured = capsys.readouterr()
     assert "Paris" in captured.out
-    assert "zoo generate: float32, weights 8-bit blocks as 2x int4 g32 (1 layers), int4 g32 (210" in captured.err
+    assert "zoo generate: float32, weights 8-bit blocks as 2x int4 g32 (1 layers), int4 g32 (120" in captured.err

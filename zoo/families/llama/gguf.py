@@ -204,7 +204,7 @@ def _keep_file_quantization(model: Llama, reader: GGUFReader, path: Path) -> Lla
     """Replace each linear layer whose GGUF tensor is Q4_0, Q4_1 or Q8_0 by a ``QuantLinear`` on
     the file's own codes and scales (the same renaming and RoPE row order as the fp32 path),
     keeping the rest as ``load_gguf`` dequantized it (fp32: F16, BF16, F32, the K-quants, ...)."""
-    from zoo.quant import QuantLinear
+    from zoo.quant import QuantLinear, _fused_bias, fusable
 
     codes, d, m = {}, {}, {}
     for t in reader.tensors:
@@ -212,6 +212,13 @@ def _keep_file_quantization(model: Llama, reader: GGUFReader, path: Path) -> Lla
             codes[t.name], d[t.name], m[t.name] = gguf_block_codes(t)
     rules = gguf_rules(model.config)
     codes, d, m = (convert_state_dict(s, rules, source_name=str(path)) for s in (codes, d, m))
+    # q/k/v and gate/up stored alike fuse into one layer each: their rows simply stack.
+    for name, owner, projections, fuse in fusable(model.layers):
+        keys = [f"layers.{name}.{p}.weight" for p in projections]
+        if all(k in codes for k in keys) and len({(codes[k].dtype, d[k].shape[1]) for k in keys}) == 1:
+            parts = [getattr(owner, p) for p in projections]
+            fused = [torch.cat([state.pop(k) for k in keys]) for state in (codes, d, m)]
+            getattr(owner, fuse)(QuantLinear.from_blocks(*fused, _fused_bias(parts)))
     for key in codes:
         name = key.removesuffix(".weight")
         if name == "embed":
