@@ -85,7 +85,7 @@ def main() -> None:
         "# Speculative decoding on SmolLM2-135M-Instruct\n\n"
         "Written by `benchmarks/speculative.py` (see docs/generation.md). Greedy, target: the Q4_1 GGUF on its "
         f"own codes; {len(prompts)} chat prompts, {n} new tokens each, {torch.get_num_threads()} threads, "
-        f"median of {args.rounds} alternating rounds."
+        f"median of {args.rounds} alternating rounds.\n"
         + (f"\n{args.note}\n" if args.note else "")
         + "\n"
         + "\n".join(lines)

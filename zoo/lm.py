@@ -130,10 +130,7 @@ class CausalLM(ZooModel):
             q_idx, k_idx, key_valid = idx, idx, new_valid
         else:
             q_idx, k_idx, key_valid = cache.advance(T, new_valid)
-        if cache is not None and T == 1 and not cache.padded and self.config.sliding_window is None:
-            mask = None  # one new query after every stored key, none of them padding: all allowed
-        else:
-            mask = build_mask(q_idx, k_idx, key_valid, causal=True, window=self.config.sliding_window)
+        mask = build_mask(q_idx, k_idx, key_valid, causal=True, window=self.config.sliding_window)
 
         x = self.embed(input_ids)  # (B, T, d_model)
         if self.pos is not None:

@@ -289,7 +289,7 @@ def quantize(model: nn.Module, kind: str, group_size: int | None = None) -> nn.M
             try:
                 layer = QuantLinear.from_weight(weight, kind, group_size, _fused_bias(parts))
             except ValueError as err:
-                raise ValueError(f"layers.{name}.{projections[0]}: {err}") from err
+                raise ValueError(f"layers.{name}.{'+'.join(projections)}: {err}") from err
             getattr(owner, fuse)(layer)
             for p in projections:
                 replace.pop(f"{name}.{p}")

@@ -112,7 +112,9 @@ def test_quantized_weights_are_close_to_the_float_ones():
 
 def test_bad_group_size_names_the_layer():
     model = zoo.create_model("llama-tiny")  # d_model 48: no group of 32 divides it
-    with pytest.raises(ValueError, match=r"layers\.0\.attn\.q_proj: group_size: 32 must .* divide the input width 48"):
+    with pytest.raises(
+        ValueError, match=r"layers\.0\.attn\.q_proj\+k_proj\+v_proj: group_size: 32 must .* divide the input width 48"
+    ):
         zoo.quantize(model, "int4")
     with pytest.raises(ValueError, match="int8 uses one scale per output channel"):
         zoo.quantize(zoo.create_model("llama-tiny"), "int8", group_size=32)

@@ -38,7 +38,6 @@ class KVCache:
     ):
         self.window, self.max_len, self.n_layers = window, max_len, n_layers
         self.length = 0  # tokens seen so far
-        self.padded = False  # whether any stored slot is padding (a new single query then needs a mask)
         self._start = 0
         self._new = 0
         shape = (batch_size, n_kv_heads, 0 if window else max_len, head_dim)
@@ -63,8 +62,6 @@ class KVCache:
         device = self.valid.device
         if new_valid is None:
             new_valid = torch.ones(self.batch_size, n_new, dtype=torch.bool, device=device)
-        elif not self.padded:
-            self.padded = not bool(new_valid.all())
         q_idx = torch.arange(self.length, self.length + n_new, device=device)
         self._start, self._new = self.length, n_new
         if self.window is None:
