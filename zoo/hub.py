@@ -220,6 +220,10 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, format: str = "hf
             reference implementation loads strictly; ``"zoo"`` writes zoo.json + zoo's own keys.
     """
     path = Path(path)
+    from zoo.quant import QuantLinear
+
+    if any(isinstance(m, QuantLinear) for m in model.modules()):
+        raise ValueError("model: a quantized model is for inference and is not saved; save the float model")
     _load_families()
     family = FAMILIES[model.family]
     state = model.state_dict()

@@ -148,6 +148,8 @@ def test_quantize_decoders(name, kind):
         assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
     out = model.generate(ids, max_new_tokens=4)
     assert out.shape == (2, 28)
+    with pytest.raises(ValueError, match="a quantized model is for inference and is not saved"):
+        zoo.save_pretrained(model, "unused")
 
 
 def test_output_projection_recomputes_its_top_logits_in_fp32():
