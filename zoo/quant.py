@@ -15,8 +15,9 @@ Both kernels are fast only with bf16 inputs (with fp32 ones they are 5-40x slowe
 its input to bf16 and its output back; everything else (embedding, norms, residual stream,
 attention and its KV cache) stays fp32. A bf16 residual stream summed over 30 layers made
 SmolLM2's greedy answers drift from fp32's, and fp32 attention is faster than bf16 on CPU (the
-casts' cost could not be told from the noise of the loaded machine; docs/quantization.md). An output projection also recomputes its top
-candidates in fp32 (``keep_exact_rows``), since bf16 logits tie.
+casts' cost could not be told from the noise of the loaded machine; docs/quantization.md). An
+output projection also recomputes its top candidates in fp32 (``keep_exact_rows``), since bf16
+logits tie.
 
 ``quantize(model, "int8" | "int4", group_size=)`` quantizes every linear projection of a
 decoder's layers and its output projection (a tied output projection gets its own quantized
