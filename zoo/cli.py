@@ -185,7 +185,11 @@ def _load_for_generate(args):
         if (path / "adapter").is_dir():
             return load_adapted(path / "adapter"), path / "adapter"
         raise ValueError(f"{path}: a run directory with no model/ or adapter/ yet (has the run finished?)")
-    return from_pretrained(path), path
+    from zoo.quant import default_quantization, quantization_summary
+
+    model = from_pretrained(path, quantization=default_quantization(path, args.quantization))
+    print(f"zoo generate: {quantization_summary(model)}", file=sys.stderr)
+    return model, path
 
 
 def cmd_generate(args) -> int:
@@ -333,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--num-beams", type=int, default=1, help="beam search (prints the text at the end)")
     p.add_argument("--seed", type=int, default=None, help="for reproducible sampling")
+    p.add_argument(
+        "--quantization",
+        choices=["auto", "none", "native", "int8", "int4"],
+        default="auto",
+        help="auto: a GGUF file's own Q4/Q8 weights (native), else none (fp32); see docs/quantization.md",
+    )
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("attention", help="attention heatmaps (PNG) and a page to browse every layer and head (HTML)")

@@ -277,6 +277,7 @@ def from_pretrained(
     task: str | None = None,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
+    quantization: str | None = None,
 ) -> nn.Module:
     """Load a checkpoint into its zoo family, in eval mode.
 
@@ -289,7 +290,12 @@ def from_pretrained(
         task: which head to build (default: what config.json's ``architectures`` names).
         dtype: cast the weights to this dtype.
         device: move the model there.
+        quantization: ``"int8"`` or ``"int4"`` quantizes the weights for CPU decoding
+            (``zoo.quant.quantize``); ``"native"`` keeps a GGUF file's own Q4_0/Q4_1/Q8_0 weights.
+            See docs/quantization.md.
     """
+    if quantization is not None and dtype is not None:
+        raise ValueError("dtype: a quantized model chooses its own dtypes (docs/quantization.md); drop dtype")
     path = resolve_checkpoint(path)
     if path.is_file():
         loader = FILE_LOADERS.get(path.suffix.lower())
@@ -301,7 +307,7 @@ def from_pretrained(
                 f"{path}: zoo reads checkpoint directories and single files of kind "
                 f"{', '.join(sorted(FILE_LOADERS)) or '(none)'}; not {path.suffix or 'a file without suffix'}"
             )
-        model = loader(path, task=task)
+        model = loader(path, task=task, **({"quantization": quantization} if quantization else {}))
     elif (fmt := directory_format(path)) is not None:
         model = DIRECTORY_LOADERS[fmt][1](path, task=task)
     else:
@@ -315,6 +321,11 @@ def from_pretrained(
             config_file, weight_files = _reference_config(path)
             load_converted(model, read_weights(path, weight_files), family.rules(config, task), source_name=str(path))
             _set_label_names(model, _labels_from_hf(source, config_file), config_file)
+    if quantization is not None and not path.is_file():
+        from zoo.quant import check_quantization, quantize
+
+        check_quantization(quantization, native=False)
+        model = quantize(model, quantization)
     if dtype is not None:
         model = model.to(_dtype(dtype))
     if device is not None:
@@ -445,6 +456,10 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, format: str = "hf
         CheckpointWriteError: the disk is full or not writable; the directory is as it was.
     """
     path = Path(path)
+    from zoo.quant import QuantLinear
+
+    if any(isinstance(m, QuantLinear) for m in model.modules()):
+        raise ValueError("model: a quantized model is for inference and is not saved; save the float model")
     _load_families()
     if getattr(model, "family", None) not in FAMILIES:
         raise ValueError(f"model: a {type(model).__name__} is not a zoo model (it names no zoo family)")

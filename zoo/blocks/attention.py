@@ -72,6 +72,15 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=pick(k_bias))
         self.v_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=pick(v_bias))
         self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias if out_bias is None else out_bias)
+        self.qkv_proj: nn.Module | None = None  # see fuse_qkv
+        self.qkv_sizes = (n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim)
+
+    def fuse_qkv(self, qkv_proj: nn.Module) -> None:
+        """Compute q, k and v with one projection to ``sum(qkv_sizes)`` outputs (inference: one
+        matmul instead of three, for a decoding step's few rows). q_proj, k_proj and v_proj are
+        removed; cross-attention (keys from another source) cannot use it."""
+        self.qkv_proj = qkv_proj
+        del self.q_proj, self.k_proj, self.v_proj
 
     @property
     def backend(self) -> str:
@@ -110,9 +119,13 @@ class Attention(nn.Module):
         """
         B, T, _ = x.shape
         source = x if context is None else context
-        q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, hd)
-        k = self._heads(self.k_proj(source), self.n_kv_heads)  # (B, Hkv, S, hd)
-        v = self._heads(self.v_proj(source), self.n_kv_heads)  # (B, Hkv, S, hd)
+        if self.qkv_proj is not None and context is None:
+            q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(source), self.v_proj(source)
+        q = self._heads(q, self.n_heads)  # (B, H, T, hd)
+        k = self._heads(k, self.n_kv_heads)  # (B, Hkv, S, hd)
+        v = self._heads(v, self.n_kv_heads)  # (B, Hkv, S, hd)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:

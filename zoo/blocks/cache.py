@@ -88,6 +88,16 @@ class KVCache:
         self.keys[layer], self.values[layer] = k_all[:, :, -self.window :], v_all[:, :, -self.window :]
         return k_all, v_all
 
+    def truncate(self, length: int) -> None:
+        """Forget every token after the first ``length`` (speculative decoding rejects drafted
+        tokens). Static cache only: the slots past ``length`` are overwritten by the next writes;
+        a rolling window has already dropped what the shorter sequence would keep."""
+        if self.window is not None:
+            raise ValueError("cache: a rolling-window cache cannot be truncated; it keeps only the last window keys")
+        if not 0 <= length <= self.length:
+            raise ValueError(f"length: the cache holds {self.length} tokens; cannot truncate to {length}")
+        self.length = length
+
     def reorder(self, rows: torch.Tensor) -> None:
         """Select batch rows (beam search): every stored tensor is indexed by ``rows``."""
         self.keys = [k.index_select(0, rows) for k in self.keys]

@@ -26,7 +26,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers.models import BPE
 
 from zoo.config import ConfigError
-from zoo.convert import Rule, drop, permute, rename
+from zoo.convert import Rule, convert_state_dict, drop, permute, rename
 from zoo.families.llama.config import LlamaConfig
 from zoo.families.llama.model import Llama
 from zoo.hub import CheckpointError, load_converted
@@ -160,9 +160,85 @@ def _dequantize(t, path: Path) -> torch.Tensor:
     return torch.from_numpy(np.array(data, dtype=np.float32).reshape(shape))  # a copy: the file stays read-only
 
 
-def gguf_state_dict(reader: GGUFReader, path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor, dequantized to fp32, under its GGUF name."""
-    return {t.name: _dequantize(t, path) for t in reader.tensors}
+def gguf_state_dict(reader: GGUFReader, path: Path, placeholders: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor, dequantized to fp32, under its GGUF name. With ``placeholders``, the tensors
+    that ``quantization="native"`` keeps as codes are not dequantized (the slowest part of
+    loading) but stand as zeros of their shape, so the strict load still checks every key."""
+
+    def kept(t) -> bool:
+        return placeholders and GGMLQuantizationType(t.tensor_type) in _BLOCKS and len(t.shape) >= 2
+
+    return {
+        t.name: torch.zeros(()).expand(tuple(int(n) for n in reversed(t.shape))) if kept(t) else _dequantize(t, path)
+        for t in reader.tensors
+    }
+
+
+# Block layouts llama.cpp's ggml-common.h defines: bytes per block of 32 weights, where the codes start.
+_BLOCKS = {GGMLQuantizationType.Q4_0: (18, 2), GGMLQuantizationType.Q4_1: (20, 4), GGMLQuantizationType.Q8_0: (34, 2)}
+KEPT_QUANTIZATIONS = tuple(q.name for q in _BLOCKS)
+
+
+def gguf_block_codes(t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A Q4_0, Q4_1 or Q8_0 tensor's stored codes and block scales, unchanged: (codes (..., K),
+    d (..., K / 32), m (..., K / 32)) with ``w = d * codes + m`` per block of 32 weights.
+
+    Q4_1 stores d and m (fp16) and codes 0..15; Q4_0 stores d and codes 0..15 meaning codes - 8
+    (m = -8d); Q8_0 stores d and int8 codes (m = 0). A 4-bit block packs element j in the low
+    nibble of byte j and element j + 16 in its high nibble. Rows come in torch's order."""
+    qtype = GGMLQuantizationType(t.tensor_type)
+    size, start = _BLOCKS[qtype]
+    raw = torch.from_numpy(np.array(t.data))  # (*rows, bytes per row); a copy, the file stays read-only
+    blocks = raw.reshape(*raw.shape[:-1], -1, size)  # (*rows, K / 32, bytes per block)
+    d = blocks[..., 0:2].contiguous().view(torch.float16).squeeze(-1).float()  # (*rows, K / 32)
+    if qtype == GGMLQuantizationType.Q8_0:
+        codes, m = blocks[..., start:].contiguous().view(torch.int8), torch.zeros_like(d)
+    else:
+        qs = blocks[..., start:]  # (*rows, K / 32, 16)
+        codes = torch.cat([qs & 15, qs >> 4], dim=-1)  # (*rows, K / 32, 32)
+        m = blocks[..., 2:4].contiguous().view(torch.float16).squeeze(-1).float() if start == 4 else -8 * d
+    return codes.reshape(*raw.shape[:-1], -1), d, m
+
+
+def _keep_file_quantization(model: Llama, reader: GGUFReader, path: Path) -> Llama:
+    """Replace each linear layer whose GGUF tensor is Q4_0, Q4_1 or Q8_0 by a ``QuantLinear`` on
+    the file's own codes and scales (the same renaming and RoPE row order as the fp32 path),
+    keeping the rest as ``load_gguf`` dequantized it (fp32: F16, BF16, F32, the K-quants, ...)."""
+    from zoo.quant import QuantLinear, _fused_bias, fusable
+
+    codes, d, m = {}, {}, {}
+    for t in reader.tensors:
+        if GGMLQuantizationType(t.tensor_type) in _BLOCKS and len(t.shape) >= 2:
+            codes[t.name], d[t.name], m[t.name] = gguf_block_codes(t)
+    rules = gguf_rules(model.config)
+    codes, d, m = (convert_state_dict(s, rules, source_name=str(path)) for s in (codes, d, m))
+    # q/k/v and gate/up stored alike fuse into one layer each: their rows simply stack.
+    for name, owner, projections, fuse in fusable(model.layers):
+        keys = [f"layers.{name}.{p}.weight" for p in projections]
+        if all(k in codes for k in keys) and len({(codes[k].dtype, d[k].shape[1]) for k in keys}) == 1:
+            parts = [getattr(owner, p) for p in projections]
+            fused = [torch.cat([state.pop(k) for k in keys]) for state in (codes, d, m)]
+            getattr(owner, fuse)(QuantLinear.from_blocks(*fused, _fused_bias(parts)))
+    for key in codes:
+        name = key.removesuffix(".weight")
+        if name == "embed":
+            # The input embedding reads only the step's rows: it is dequantized (bf16 below, as
+            # the activations are); tied, the codes serve as the output projection too.
+            with torch.no_grad():
+                block = lambda t: t.repeat_interleave(32, -1)  # (N, K / 32) -> (N, K)
+                model.embed.weight.copy_(block(d[key]) * codes[key] + block(m[key]))
+            if not model.config.tie_embeddings:
+                continue
+            name = "lm_head"
+        old = model.get_submodule(name) if name != "lm_head" or model.lm_head is not None else None
+        bias = None if old is None else old.bias
+        layer = QuantLinear.from_blocks(codes[key], d[key], m[key], bias)
+        if name == "lm_head":
+            layer.keep_exact_rows(codes[key], d[key], m[key])
+            model.lm_head = layer
+        else:
+            model.set_submodule(name, layer)
+    return model
 
 
 def _rope_rows(n_heads: int):
@@ -218,15 +294,28 @@ def gguf_rules(c: LlamaConfig) -> list[Rule]:
     return out
 
 
-def load_gguf(path: str | Path, task: str | None = None) -> Llama:
-    """A zoo model from a llama-architecture GGUF file, weights dequantized to fp32."""
+def load_gguf(path: str | Path, task: str | None = None, quantization: str | None = None) -> Llama:
+    """A zoo model from a llama-architecture GGUF file.
+
+    Args:
+        quantization: None dequantizes every weight to fp32; ``"native"`` keeps the file's Q4_0,
+            Q4_1 and Q8_0 weights as they are stored (``zoo.quant.QuantLinear``), the other
+            tensors in fp32; ``"int8"``/``"int4"`` dequantize, then ``zoo.quant.quantize``.
+    """
+    from zoo.quant import check_quantization, quantize
+
+    check_quantization(quantization, native=True)
     path = Path(path)
     reader = open_gguf(path)
     config = config_from_gguf(reader, path)
     if task not in (None, Llama.task):
         raise ValueError(f"task: a GGUF file holds a causal LM; task {task!r} is not available")
     model = Llama(config)
-    return load_converted(model, gguf_state_dict(reader, path), gguf_rules(config), source_name=str(path))
+    state = gguf_state_dict(reader, path, placeholders=quantization == "native")
+    model = load_converted(model, state, gguf_rules(config), source_name=str(path))
+    if quantization == "native":
+        return _keep_file_quantization(model, reader, path)
+    return quantize(model, quantization) if quantization is not None else model
 
 
 # llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) -> how text is split before byte-level BPE,

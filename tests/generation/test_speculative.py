@@ -1,0 +1,96 @@
+"""Speculative decoding: greedy output identical to the target's own, sampling keeping the
+target's distribution (the accept/reject rule, checked statistically on a tiny vocabulary)."""
+
+import pytest
+import torch
+
+import zoo
+from tests.conftest import randomize_
+from zoo.speculative import accept_drafts, layer_skip_draft, speculative_generate
+
+
+@pytest.fixture(scope="module")
+def pair():
+    target = randomize_(zoo.create_model("llama-tiny", n_layers=3, max_seq_len=96), seed=1, std=0.3)
+    draft = randomize_(zoo.create_model("llama-tiny", n_layers=1, d_model=32, d_ff=64, max_seq_len=96), seed=2)
+    return target, draft
+
+
+def _prompt(seed: int, T: int = 7) -> torch.Tensor:
+    return torch.randint(0, 211, (1, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_greedy_is_the_targets_own(pair, k):
+    target, draft = pair
+    for seed in range(3):
+        ids = _prompt(seed)
+        alone = target.generate(ids, max_new_tokens=24)
+        out, stats = speculative_generate(target, draft, ids, max_new_tokens=24, k=k)
+        assert torch.equal(out, alone)
+        assert stats.target_forwards <= 24 and stats.drafted >= stats.accepted
+
+
+def test_a_draft_that_is_the_target_accepts_everything(pair):
+    target, _ = pair
+    out, stats = speculative_generate(target, target, _prompt(0), max_new_tokens=21, k=4)
+    assert torch.equal(out, target.generate(_prompt(0), max_new_tokens=21))
+    assert stats.acceptance_rate == 1.0 and stats.target_forwards == 5  # 5 tokens a forward, then 1
+
+
+def test_layer_skip_draft_shares_the_weights(pair):
+    target, _ = pair
+    draft = layer_skip_draft(target, 1)
+    assert len(draft.layers) == 1 and len(target.layers) == 3 and draft.layers[0] is target.layers[0]
+    out, _ = speculative_generate(target, draft, _prompt(4), max_new_tokens=16, k=3)
+    assert torch.equal(out, target.generate(_prompt(4), max_new_tokens=16))
+    with pytest.raises(ValueError, match="n_layers: a layer-skip draft needs 1 to 2 layers"):
+        layer_skip_draft(target, 3)
+
+
+def test_eos_stops_and_sampling_runs(pair):
+    target, draft = pair
+    alone = target.generate(_prompt(1), max_new_tokens=10)
+    eos = int(alone[0, 7 + 3])  # the fourth new token
+    out, _ = speculative_generate(target, draft, _prompt(1), max_new_tokens=10, k=3, eos_token_id=eos)
+    assert out.shape[1] <= 7 + 4 and int(out[0, -1]) == eos
+    a, _ = speculative_generate(target, draft, _prompt(1), max_new_tokens=12, do_sample=True, temperature=0.8, seed=3)
+    b, _ = speculative_generate(target, draft, _prompt(1), max_new_tokens=12, do_sample=True, temperature=0.8, seed=3)
+    assert torch.equal(a, b) and a.shape == (1, 19)
+
+
+def test_bad_arguments(pair):
+    target, draft = pair
+    with pytest.raises(ValueError, match="draft: vocab_size 173 differs"):
+        speculative_generate(target, zoo.create_model("mistral-tiny"), _prompt(0))
+    with pytest.raises(ValueError, match="sliding-window"):
+        speculative_generate(zoo.create_model("mistral-tiny"), zoo.create_model("mistral-tiny"), _prompt(0, 3) % 173)
+    with pytest.raises(ValueError, match="one row"):
+        speculative_generate(target, draft, torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="only used when sampling"):
+        speculative_generate(target, draft, _prompt(0), temperature=0.5)
+
+
+def _tv(samples: torch.Tensor, probs: torch.Tensor) -> float:
+    counts = torch.bincount(samples, minlength=probs.numel()).float()
+    return 0.5 * (counts / counts.sum() - probs).abs().sum().item()
+
+
+def test_accept_reject_keeps_the_target_distribution():
+    """Target p and draft q far apart on 6 tokens; 40000 independent rounds of k = 2 drafts. The
+    first emitted token must follow p[0], and the second (when the first draft was kept) p[1].
+    Sampling noise in the total variation is about 0.01; a rule that always keeps the draft,
+    resamples from p instead of the residual, or accepts with p/q unclipped, is off by > 0.1."""
+    g = torch.Generator().manual_seed(0)
+    N = 40000
+    p = torch.tensor([[0.5, 0.2, 0.1, 0.1, 0.05, 0.05], [0.05, 0.05, 0.1, 0.1, 0.2, 0.5], [1 / 6] * 6])
+    q = torch.tensor([[0.1, 0.1, 0.1, 0.2, 0.2, 0.3], [0.3, 0.3, 0.1, 0.1, 0.1, 0.1]])
+    drafts = torch.stack([torch.multinomial(q[i], N, replacement=True, generator=g) for i in range(2)], dim=1)
+    accepted, token = accept_drafts(p.expand(N, -1, -1), q.expand(N, -1, -1), drafts, g)
+    first = torch.where(accepted >= 1, drafts[:, 0], token)
+    reached = accepted >= 1
+    second = torch.where(accepted[reached] >= 2, drafts[reached, 1], token[reached])
+    assert _tv(first, p[0]) < 0.02, _tv(first, p[0])
+    assert _tv(second, p[1]) < 0.03, _tv(second, p[1])
+    # the acceptance rate is sum(min(p, q)) per position
+    assert abs(reached.float().mean().item() - torch.minimum(p[0], q[0]).sum().item()) < 0.01

@@ -1,0 +1,320 @@
+"""Weight-only quantization for CPU decoding: int8 per output channel, int4 in groups along the input.
+
+A decoding step at batch 1 reads every weight once, so its speed is set by the bytes of weights:
+fp32 4 bytes a weight, bf16 2, int8 1, int4 half a byte (plus a scale and zero per group).
+``QuantLinear`` holds the codes and runs torch's own CPU kernels on them:
+
+- ``int8``: ``torch.ops.aten._weight_int8pack_mm``, ``y = x @ (q * s[:, None]).T`` with one bf16
+  scale ``s`` per output channel (the kernel takes no group scales);
+- ``int4``: ``torch.ops.aten._weight_int4pack_mm_for_cpu`` over codes packed by
+  ``_convert_weight_to_int4pack_for_cpu``, ``w = (q - 8) * s + z`` with a bf16 scale ``s`` and
+  zero point ``z`` per group of ``group_size`` inputs of one output channel.
+
+Both kernels are fast only with bf16 inputs (with fp32 ones they are 5-40x slower than fp32
+``F.linear``), take their scales in the input dtype and write bf16. So a ``QuantLinear`` casts
+its input to bf16 and its output back; everything else (embedding, norms, residual stream,
+attention and its KV cache) stays fp32. A bf16 residual stream summed over 30 layers made
+SmolLM2's greedy answers drift from fp32's, and fp32 attention is faster than bf16 on CPU (the
+casts' cost could not be told from the noise of the loaded machine; docs/quantization.md). An
+output projection also recomputes its top candidates in fp32 (``keep_exact_rows``), since bf16
+logits tie.
+
+``quantize(model, "int8" | "int4", group_size=)`` quantizes every linear projection of a
+decoder's layers and its output projection (a tied output projection gets its own quantized
+copy; the input embedding stays as it is, since a step reads only the rows of its B tokens).
+MoE experts are quantized like any MLP; routers stay float, since they are tiny and a flipped
+routing choice changes a whole expert's output.
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+KINDS = ("int8", "int4")
+GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
+_N_MULTIPLE = 16  # the int4 packing needs the output channels in multiples of 16; others are padded
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+class QuantLinear(nn.Module):
+    """A linear layer with int8 or int4 weights; computes in bf16, returns the input's dtype. Build
+    it with ``from_int8``, ``from_int4``, ``from_blocks`` or ``from_linear``; it holds buffers only
+    (inference, no gradients).
+
+    Args:
+        in_features, out_features: as ``nn.Linear``.
+        kind: ``"int8"`` or ``"int4"``.
+        group_size: inputs per scale and zero point (int4 only).
+        bias: a (out_features,) bias, or None.
+    """
+
+    def __init__(self, in_features: int, out_features: int, kind: str, group_size: int | None = None, bias=None):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"quantization: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+        self.in_features, self.out_features, self.kind, self.group_size = in_features, out_features, kind, group_size
+        self.input_copies = 1  # 2 for 8-bit codes in groups, run as two 4-bit halves (see from_blocks)
+        self.refine_top = 0  # see keep_exact_rows
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16).clone())
+
+    @classmethod
+    def from_int8(cls, codes: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> "QuantLinear":
+        """``w = codes * scales[:, None]``; codes (N, K) int8, scales (N,)."""
+        N, K = codes.shape
+        if codes.dtype != torch.int8 or scales.shape != (N,):
+            raise ValueError(f"int8 weights: codes (N, K) int8 and scales (N,), got {codes.dtype} and {scales.shape}")
+        m = cls(K, N, "int8", bias=bias)
+        m.register_buffer("codes", codes.contiguous())
+        m.register_buffer("scales", scales.to(torch.bfloat16).contiguous())
+        return m
+
+    @classmethod
+    def from_int4(
+        cls, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> "QuantLinear":
+        """``w = (codes - 8) * s + z`` with codes (N, K) in 0..15 and scales, zeros (N, K / group_size)."""
+        N, K = codes.shape
+        G = scales.shape[1]
+        group = K // G if G else 0
+        if group not in GROUP_SIZES or G * group != K or scales.shape != zeros.shape or scales.shape[0] != N:
+            raise ValueError(
+                f"int4 weights: codes (N, K) and scales, zeros (N, K / group_size) with group_size one of "
+                f"{GROUP_SIZES}; got codes {tuple(codes.shape)}, scales {tuple(scales.shape)}, "
+                f"zeros {tuple(zeros.shape)}"
+            )
+        if int(codes.min()) < 0 or int(codes.max()) > 15:
+            raise ValueError("int4 weights: codes must lie in 0..15")
+        m = cls(K, N, "int4", group_size=group, bias=bias)
+        pad = _round_up(N, _N_MULTIPLE) - N  # padded output channels are zero weights, sliced off
+        codes, scales, zeros = codes.to(torch.int32), scales.float(), zeros.float()
+        if pad:
+            codes = F.pad(codes, (0, 0, 0, pad), value=8)
+            scales, zeros = F.pad(scales, (0, 0, 0, pad)), F.pad(zeros, (0, 0, 0, pad))
+        m.register_buffer("codes", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 1))
+        # (K / group, N_padded, 2): the layout the kernel reads, scales and zeros side by side
+        m.register_buffer("scales_zeros", torch.stack([scales.t(), zeros.t()], dim=-1).to(torch.bfloat16).contiguous())
+        return m
+
+    @classmethod
+    def from_blocks(
+        cls, codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> "QuantLinear":
+        """Block-quantized weights as llama.cpp stores them, without requantizing: ``w = d * codes + m``
+        per block of ``K / d.shape[1]`` inputs, codes (N, K) either 4-bit (uint8 in 0..15; Q4_0, Q4_1)
+        or 8-bit (int8; Q8_0, with m = 0).
+
+        4-bit codes map onto the kernel's ``(q - 8) * s + z`` with s = d, z = m + 8d. No kernel
+        takes 8-bit codes with a scale per group, so those are split exactly into two 4-bit
+        halves, ``q = 16 * hi + lo`` (hi in -8..7, lo in 0..15), stored side by side along the
+        input (K -> 2K), and the input is fed twice: ``x @ W.T = [x, x] @ [W_hi, W_lo].T``.
+        Only the scales are rounded, to bf16 (the kernel's dtype for them)."""
+        d, m = d.float(), m.float()
+        if codes.dtype == torch.uint8:
+            return cls.from_int4(codes, d, m + 8 * d, bias)
+        if codes.dtype != torch.int8:
+            raise ValueError(f"block codes: expected uint8 (4-bit) or int8 (8-bit), got {codes.dtype}")
+        if m.abs().max() > 0:
+            raise ValueError("block codes: 8-bit blocks have no offset (m must be 0)")
+        wide = codes.to(torch.int16)
+        hi, lo = wide >> 4, wide & 15  # arithmetic shift: hi in -8..7, 16 * hi + lo == codes
+        halves = torch.cat([hi + 8, lo], dim=1).to(torch.uint8)  # (N, 2K)
+        scales = torch.cat([16 * d, d], dim=1)  # bf16(16 d) = 16 bf16(d): both halves share d's rounding
+        zeros = torch.cat([torch.zeros_like(d), 8 * d], dim=1)
+        layer = cls.from_int4(halves, scales, zeros, bias)
+        layer.in_features, layer.input_copies = codes.shape[1], 2
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, kind: str, group_size: int | None = None) -> "QuantLinear":
+        """Quantize a float ``nn.Linear`` (round to nearest): int8 symmetric per output channel;
+        int4 asymmetric per group, the group's min and max on the first and last code."""
+        return cls.from_weight(linear.weight, kind, group_size, linear.bias)
+
+    @classmethod
+    def from_weight(
+        cls, w: torch.Tensor, kind: str, group_size: int | None = None, bias=None, exact_rows: bool = False
+    ) -> "QuantLinear":
+        """Quantize weights ``w`` (N, K); ``exact_rows`` keeps the codes for ``keep_exact_rows``
+        (the quantized weights' own values: an output projection's top logits in fp32)."""
+        w = w.detach().float()
+        N, K = w.shape
+        if kind == "int8":
+            if group_size is not None:
+                raise ValueError("group_size: int8 uses one scale per output channel (the kernel's only layout)")
+            scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(torch.bfloat16)  # rounded first: codes fit it
+            codes = (w / scales.float()[:, None]).round().clamp(-128, 127).to(torch.int8)
+            layer = cls.from_int8(codes, scales, bias)
+            if exact_rows:
+                layer.keep_exact_rows(codes, scales.float()[:, None], torch.zeros(N, 1))
+            return layer
+        if kind != "int4":
+            raise ValueError(f"quantization: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+        group_size = 32 if group_size is None else group_size
+        if group_size not in GROUP_SIZES or K % group_size:
+            raise ValueError(
+                f"group_size: {group_size} must be one of {GROUP_SIZES} and divide the input width {K} "
+                f"(weight {tuple(w.shape)})"
+            )
+        g = w.view(N, K // group_size, group_size)  # (N, groups, group_size)
+        low, high = g.amin(dim=-1), g.amax(dim=-1)
+        scales = ((high - low) / 15).clamp(min=1e-12).to(torch.bfloat16).float()
+        zeros = (low + 8 * scales).to(torch.bfloat16).float()  # w = (q - 8) * s + z puts low at q = 0
+        codes = ((g - zeros[..., None]) / scales[..., None] + 8).round().clamp(0, 15).to(torch.uint8).view(N, K)
+        layer = cls.from_int4(codes, scales, zeros, bias)
+        if exact_rows:
+            layer.keep_exact_rows(codes, scales, zeros - 8 * scales)
+        return layer
+
+    def keep_exact_rows(self, codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor, top: int = 16) -> None:
+        """Keep the weights' codes unpacked, ``w = d * codes + m`` per block, with fp32 d and m, and
+        recompute the ``top`` largest outputs of each row in fp32 from them.
+
+        For an output projection: the kernels write bf16, whose resolution at a logit of 25 is
+        0.125, so two candidates closer than that tie and greedy decoding would pick either.
+        Recomputing the few candidates near the top from the exact weights gives the argmax
+        (and the top of the sampling distribution) fp32 resolution, for ~1 byte a weight more."""
+        self.register_buffer("exact_codes", codes.contiguous())
+        self.register_buffer("exact_d", d.float().contiguous())
+        self.register_buffer("exact_m", m.float().contiguous())
+        self.refine_top = top
+
+    def _refine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        top = y.topk(min(self.refine_top, self.out_features), dim=-1).indices  # (M, top)
+        block = self.in_features // self.exact_d.shape[1]
+        codes = self.exact_codes[top].float()  # (M, top, K)
+        w = codes * self.exact_d[top].repeat_interleave(block, -1) + self.exact_m[top].repeat_interleave(block, -1)
+        exact = (w @ x.float()[:, :, None]).squeeze(-1)  # (M, top)
+        if self.bias is not None:
+            exact = exact + self.bias.float()[top]
+        return y.float().scatter(-1, top, exact)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # (B * T, K)
+        exact_x = x.reshape(-1, self.in_features) if self.refine_top else None
+        if self.input_copies == 2:
+            x2 = torch.cat([x2, x2], dim=1)  # (B * T, 2K), for the two halves of 8-bit codes
+        if self.kind == "int8":
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.codes, self.scales)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.codes, self.group_size, self.scales_zeros)
+            if y.shape[-1] != self.out_features:
+                y = y[:, : self.out_features]
+        if self.bias is not None:
+            y = y + self.bias
+        if exact_x is not None:
+            y = self._refine(exact_x, y)
+        return y.view(*shape[:-1], self.out_features).to(x.dtype)
+
+    def weight_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def extra_repr(self) -> str:
+        group = f", group_size={self.group_size}" if self.kind == "int4" else ""
+        group += ", 8-bit codes as two 4-bit halves" if self.input_copies == 2 else ""
+        return f"{self.in_features}, {self.out_features}, {self.kind}{group}, bias={self.bias is not None}"
+
+
+def check_quantization(quantization: str | None, native: bool) -> None:
+    """Check a ``from_pretrained(quantization=)`` value; ``native`` says whether the format has its own."""
+    allowed = (*KINDS, "native") if native else KINDS
+    if quantization is not None and quantization not in allowed:
+        extra = "" if native else " ('native' keeps a GGUF file's own quantization; this checkpoint has none)"
+        raise ValueError(f"quantization: {quantization!r} is not one of {', '.join(allowed)}{extra}")
+
+
+def default_quantization(path, choice: str = "auto") -> str | None:
+    """What ``zoo generate --quantization`` loads ``path`` with: ``auto`` is the fastest path that
+    computes with the checkpoint's own weights: a GGUF file's codes (``native``), else none (fp32).
+    ``int8``/``int4`` requantize, so they are never chosen for you."""
+    if choice == "auto":
+        return "native" if str(path).lower().endswith(".gguf") else None
+    return None if choice == "none" else choice
+
+
+def _skipped(name: str) -> bool:
+    return name.endswith("router")  # MoE routers: see the module docstring
+
+
+def fusable(layers: nn.Module) -> list[tuple[str, nn.Module, tuple[str, ...], str]]:
+    """(name, owner, projections, fuse method) for each group of projections that read the same
+    input: q/k/v of every self-attention, gate/up of every gated MLP (MoE experts included)."""
+    from zoo.blocks.attention import Attention
+    from zoo.blocks.mlp import MLP
+
+    groups = []
+    for name, m in layers.named_modules():
+        if isinstance(m, Attention) and name.rsplit(".", 1)[-1] == "attn" and m.qkv_proj is None:
+            groups.append((name, m, ("q_proj", "k_proj", "v_proj"), "fuse_qkv"))
+        elif isinstance(m, MLP) and m.gate is not None and m.gate_up is None:
+            groups.append((name, m, ("gate", "up"), "fuse_gate_up"))
+    return groups
+
+
+def _fused_bias(parts: list[nn.Module]) -> torch.Tensor | None:
+    if all(p.bias is None for p in parts):
+        return None
+    return torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]) for p in parts])
+
+
+def quantize(model: nn.Module, kind: str, group_size: int | None = None) -> nn.Module:
+    """Quantize a decoder's weights in place for CPU inference; returns the model.
+
+    Args:
+        model: a decoder-only zoo model (``zoo.lm.CausalLM``: GPT-2, LLaMA, Mistral, Mixtral, ...).
+        kind: ``"int8"`` (per output channel) or ``"int4"`` (asymmetric groups).
+        group_size: int4's inputs per scale and zero point: 32 (default), 64, 128 or 256.
+
+    Every ``nn.Linear`` in the layers (attention, MLP, each MoE expert) and the output
+    projection is replaced by a ``QuantLinear``, q/k/v and gate/up fused into one each; routers,
+    norms and the input embedding keep their dtype. A model with tied embeddings gets an untied
+    quantized output projection.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"quantization: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if not hasattr(model, "layers") or not hasattr(model, "lm_head"):
+        raise ValueError(f"model: quantize takes a decoder-only zoo model (CausalLM), not {type(model).__name__}")
+    if model.device.type != "cpu":
+        raise ValueError(f"model: the int8/int4 kernels used here run on CPU; the model is on {model.device}")
+    head = model.lm_head if model.lm_head is not None else model.embed  # tied: the embedding is the projection
+    replace = {name: m for name, m in model.layers.named_modules() if isinstance(m, nn.Linear) and not _skipped(name)}
+    with torch.no_grad():
+        # Each output row is quantized on its own, so quantizing the concatenated weights of q/k/v
+        # (gate/up) gives the same codes as quantizing each; one matmul then reads them all.
+        for name, owner, projections, fuse in fusable(model.layers):
+            parts = [getattr(owner, p) for p in projections]
+            weight = torch.cat([p.weight for p in parts])
+            try:
+                layer = QuantLinear.from_weight(weight, kind, group_size, _fused_bias(parts))
+            except ValueError as err:
+                raise ValueError(f"layers.{name}.{'+'.join(projections)}: {err}") from err
+            getattr(owner, fuse)(layer)
+            for p in projections:
+                replace.pop(f"{name}.{p}")
+        for name, linear in replace.items():
+            parent, _, attr = name.rpartition(".")
+            try:
+                layer = QuantLinear.from_linear(linear, kind, group_size)
+            except ValueError as err:
+                raise ValueError(f"layers.{name}: {err}") from err
+            setattr(model.layers.get_submodule(parent), attr, layer)
+        model.lm_head = QuantLinear.from_weight(head.weight, kind, group_size, exact_rows=True)
+    return model
+
+
+def quantization_summary(model: nn.Module) -> str:
+    """What a model runs in, for ``zoo generate`` to say: its dtype and its quantized layers."""
+    kinds: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            key = m.kind + (f" g{m.group_size}" if m.kind == "int4" else "")
+            key = f"8-bit blocks as 2x int4 g{m.group_size}" if m.input_copies == 2 else key
+            kinds[key] = kinds.get(key, 0) + 1
+    dtype = str(model.dtype).removeprefix("torch.")
+    if not kinds:
+        return f"{dtype}, not quantized"
+    layers = ", ".join(f"{k} ({n} layers)" for k, n in sorted(kinds.items()))
+    return f"{dtype}, weights {layers}, their matmuls in bfloat16"
