@@ -38,7 +38,7 @@ register_variant(
 # GPT-3 XL lists 24 heads of d_head 128 for d_model 2048 (24 * 128 = 3072), so it gets 16 heads of
 # 128; GPT-3 13B lists d_model 5140 with 40 heads of 128, so it gets d_model 5120 = 40 * 128.
 # Parameter counts then match the table's (125M ... 175B) within its rounding.
-GPT3_SOURCE = "https://arxiv.org/abs/2005.14165 (GPT-3, Table 2.1; band 256 as GPT-Neo's local layers)"
+GPT3_SOURCE = "https://arxiv.org/abs/2005.14165"  # Table 2.1; the band as in GPT-Neo's config (above)
 GPT3_WINDOW = 256
 GPT3_TABLE = {  # name: (n_layers, d_model, n_heads), d_head = d_model / n_heads
     "gpt3-small": (12, 768, 12),
