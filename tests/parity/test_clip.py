@@ -79,7 +79,11 @@ def test_open_clip_parity_both_directions(tmp_path, quick_gelu):
     # The export is open_clip's own layout, read back by open_clip's own loader (strictly).
     out = tmp_path / "exported"
     model.save_pretrained(out)
-    assert sorted(p.name for p in out.iterdir()) == ["open_clip_config.json", "open_clip_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".zoo-save.json",
+        "open_clip_config.json",
+        "open_clip_model.safetensors",
+    ]
     exported, expected = load_open_clip(out).state_dict(), original.state_dict()
     assert exported.keys() == expected.keys()
     assert all(torch.equal(exported[k], expected[k]) for k in expected)  # in_proj_weight fused back exactly

@@ -20,7 +20,8 @@ register_variant(
 # GPT-1 (Radford et al. 2018): post-LN layers, no final norm, GELU (transformers' "gelu" is the
 # tanh form), 40,478 BPE tokens, 512 positions.
 _GPT1 = dict(vocab_size=40478, max_seq_len=512, prenorm=False, final_norm=False)
-register_variant("gpt1", "gpt", GPTConfig(**_GPT1), _SRC.format("openai-gpt"))
+# Residual, embedding and attention dropout 0.1, as in the paper and transformers' OpenAIGPTConfig.
+register_variant("gpt1", "gpt", GPTConfig(**_GPT1, dropout=0.1), _SRC.format("openai-gpt"))
 # transformers' OpenAIGPT fixes d_ff at 4 * d_model, so the tiny one is non-square elsewhere.
 register_variant(
     "gpt1-tiny",
