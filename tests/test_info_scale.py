@@ -40,13 +40,21 @@ def malloc_in_use() -> int:
 
 
 def measured_forward_bytes(model, ids) -> int:
-    """Memory a training forward leaves allocated (what backward will need), measured."""
-    gc.collect()
-    base = malloc_in_use()
-    out = model(ids, labels=ids)
-    gc.collect()
-    grown = malloc_in_use() - base
-    del out
+    """Memory a training forward leaves allocated (what backward will need), measured.
+
+    On one thread: mallinfo2 counts the main arena (and mmapped blocks) only, so an allocation
+    made by an intra-op worker thread in its own arena would go unseen."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gc.collect()
+        base = malloc_in_use()
+        out = model(ids, labels=ids)
+        gc.collect()
+        grown = malloc_in_use() - base
+        del out
+    finally:
+        torch.set_num_threads(threads)
     return grown
 
 

@@ -374,14 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"zoo: warning: {message}", file=file or sys.stderr)  # the message, not zoo's source line
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"zoo: warning: {message}\n"  # the message, not zoo's source line
 
 
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    warnings.showwarning = _show_warning
+    # The format only: replacing showwarning would also swallow warnings that a caller records
+    # (warnings.catch_warnings(record=True), pytest.warns).
+    warnings.formatwarning = _format_warning
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
