@@ -3,6 +3,7 @@
 import ctypes
 import ctypes.util
 import gc
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,17 +76,36 @@ def test_meta_count_equals_the_real_forward(name):
     assert abs(on_meta - on_cpu) / on_cpu < 0.01
 
 
+def _measure_in_a_fresh_process(name: str) -> tuple[int, int]:
+    """(bytes kept by a training forward, the same with checkpointing), measured in a process of
+    its own: in the suite's process, threads other tests leave behind (writers, samplers) allocate
+    and free memory while the measurement runs."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, torch, sys; sys.path.insert(0, '.');"
+        "from tests.test_info_scale import pair, measured_forward_bytes, B, T;"
+        f"real, _ = pair({name!r}); ids = torch.randint(0, real.config.vocab_size, (B, T));"
+        "measured_forward_bytes(real, ids);"  # one-time allocations (kernel caches) out of the way
+        "full = measured_forward_bytes(real, ids); real.set_gradient_checkpointing(True);"
+        "print(json.dumps([full, measured_forward_bytes(real, ids)]))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return tuple(json.loads(run.stdout.strip().splitlines()[-1]))
+
+
 @pytest.mark.parametrize("name", list(SMALL))
 def test_activation_estimate_matches_measured_memory(name):
-    real, meta = pair(name)
-    ids = torch.randint(0, real.config.vocab_size, (B, T))
+    _, meta = pair(name)
     plan = training_memory(meta, B, T)
-    full = measured_forward_bytes(real, ids)
-    real.set_gradient_checkpointing(True)
-    kept = measured_forward_bytes(real, ids)
+    full, kept = _measure_in_a_fresh_process(name)
     # Measured includes what autograd does not save (the logits, the loss, allocator rounding).
-    assert 0.75 < full / plan.activations < 1.25, (full, plan.activations)
-    assert 0.75 < kept / plan.activations_checkpointed < 1.25, (kept, plan.activations_checkpointed)
+    assert 0.85 < full / plan.activations < 1.15, (full, plan.activations)
+    assert 0.85 < kept / plan.activations_checkpointed < 1.15, (kept, plan.activations_checkpointed)
     assert plan.activations_checkpointed < plan.checkpointed_peak < plan.activations
 
 
