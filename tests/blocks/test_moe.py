@@ -27,9 +27,11 @@ def naive_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("top_k,normalize", [(2, True), (2, False), (1, True), (3, True)])
 def test_routing_matches_a_per_token_loop(top_k, normalize):
     moe = randomize_(MoE(D, FF, E, top_k=top_k, normalize_top_k=normalize), std=0.5)
-    x = torch.randn(2, 9, D)
+    x = torch.randn(2, 9, D, generator=torch.Generator().manual_seed(top_k))
     out = moe(x)
-    torch.testing.assert_close(out, naive_moe(moe, x), atol=1e-5, rtol=0)
+    # Outputs reach ~30 with these weights: fp32 summation order alone moves them by ~1e-5, so the
+    # bound is relative too (a wrong routing is off by order 1).
+    torch.testing.assert_close(out, naive_moe(moe, x), atol=1e-5, rtol=1e-6)
     assert moe.router_logits.shape == (18, E)
     assert len(moe.router_logits.argmax(-1).unique()) > 1  # several experts in use: the routing matters
 
