@@ -78,8 +78,14 @@ def test_positions_study_runs_each_arm(tmp_path):
 
 
 def test_sinusoidal_arm_uses_the_fixed_table_at_the_learned_scale():
+    from zoo.blocks import SinusoidalPositions
+
     model = positions.build("sinusoidal", positions.Settings(length=4))
-    assert isinstance(model.pos, positions.SinusoidalPositions)
+    assert isinstance(model.pos, SinusoidalPositions) and model.config.position == "sinusoidal"
+    # The table itself, before scaling: Vaswani et al.'s sin on even channels, cos on odd ones.
+    raw = SinusoidalPositions(9, 8).table
+    assert torch.allclose(raw[3, 0::2], torch.sin(3 / 10000 ** (torch.arange(0, 8, 2) / 8)))
+    assert torch.allclose(raw[3, 1::2], torch.cos(3 / 10000 ** (torch.arange(0, 8, 2) / 8)))
     assert abs(float(model.pos.table.pow(2).mean().sqrt()) - 0.02) < 1e-6
     assert not any("pos" in n for n, _ in model.named_parameters())  # nothing to train
     assert positions.build("none", positions.Settings()).pos is None

@@ -92,6 +92,32 @@ def timing_signal(max_seq_len: int, d_model: int, max_timescale: float = 10000.0
     return torch.cat([scaled.sin(), scaled.cos()], dim=1)
 
 
+class SinusoidalPositions(nn.Module):
+    """The fixed table of Vaswani et al. 2017 (``sinusoidal_table``), looked up by position.
+
+    Nothing to train, and defined at every position up to ``max_seq_len``.
+
+    Args:
+        max_seq_len: rows of the table.
+        d_model: its width.
+        rms: the table's root mean square. The paper adds entries in [-1, 1] to embeddings
+            scaled up by sqrt(d_model); a model whose embeddings start small (GPT's std 0.02)
+            scales the table down to match instead, or it drowns the tokens.
+    """
+
+    def __init__(self, max_seq_len: int, d_model: int, rms: float | None = None):
+        super().__init__()
+        self.max_seq_len = max_seq_len
+        table = sinusoidal_table(max_seq_len, d_model)
+        if rms is not None:
+            table = table * (rms / table.pow(2).mean().sqrt())
+        self.register_buffer("table", table, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions (B, T) or (T,) integers -> (..., T, d_model)."""
+        return self.table[positions]
+
+
 def rope_inv_freq(rotary_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
     """Inverse frequencies for RoPE, with optional ``linear`` or ``llama3`` scaling.
 

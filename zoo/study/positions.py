@@ -26,25 +26,6 @@ from zoo.study.common import Run, plot_curves, train, write_long_csv
 ARMS = ("learned", "sinusoidal", "rope", "none")
 
 
-class SinusoidalPositions(nn.Module):
-    """The fixed table of Vaswani et al. 2017, looked up by position; nothing to train.
-
-    The paper adds the table (entries in [-1, 1]) to embeddings scaled up by sqrt(d_model), so
-    both are of order 1. GPT's embeddings start at std 0.02, so the table is scaled down instead,
-    to the RMS of a freshly initialised learned table (0.02): the same ratio, and the same start as
-    the learned arm. Unscaled, the table drowns the tokens and the model learns nothing.
-    """
-
-    def __init__(self, max_seq_len: int, d_model: int, rms: float = 0.02):
-        super().__init__()
-        self.max_seq_len = max_seq_len
-        table = sinusoidal_table(max_seq_len, d_model)
-        self.register_buffer("table", table * (rms / table.pow(2).mean().sqrt()), persistent=False)
-
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.table[positions]  # (..., T, d_model)
-
-
 @dataclass
 class Settings:
     """Settings of `zoo study positions` (override any with key=value).
@@ -105,12 +86,8 @@ def build(arm: str, s: Settings) -> nn.Module:
     torch.manual_seed(s.seed)
     model = zoo.create_model(
         "gpt2-tiny", vocab_size=s.n_symbols + 1, max_seq_len=max_len, d_model=s.d_model, n_heads=s.n_heads,
-        n_layers=s.n_layers, d_ff=4 * s.d_model, position="rope" if arm == "rope" else "learned",
+        n_layers=s.n_layers, d_ff=4 * s.d_model, position=arm,
     )  # fmt: skip
-    if arm == "sinusoidal":
-        model.pos = SinusoidalPositions(max_len, s.d_model)
-    elif arm == "none":
-        model.pos = None  # the causal mask is the only source of order
     return model
 
 

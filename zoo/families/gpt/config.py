@@ -20,7 +20,9 @@ class GPTConfig(Config):
     norm: str = "layernorm"
     norm_eps: float = 1e-5
     mlp: str = "gelu_tanh"  # GPT-2's "gelu_new"; "swiglu" etc. swap in gated MLPs
-    position: str = "learned"  # or "rope"
+    # "learned" (GPT-2), "rope", "sinusoidal" (the fixed table, scaled to a learned table's initial
+    # RMS, init_std) or "none" (order from the causal mask alone)
+    position: str = "learned"
     rope_theta: float = 10000.0
     bias: bool = True
     dropout: float = 0.0
@@ -42,7 +44,7 @@ class GPTConfig(Config):
             raise ConfigError(f"n_kv_heads: n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
         self._choice("norm", NORMS)
         self._choice("mlp", MLP_KINDS)
-        self._choice("position", ("learned", "rope"))
+        self._choice("position", ("learned", "rope", "sinusoidal", "none"))
         self._fraction("dropout")
         if self.window_layers is not None:
             # A saved config comes back from JSON as a list; the frozen config keeps a hashable tuple.

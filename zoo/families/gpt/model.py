@@ -5,7 +5,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.blocks import Attention, LearnedPositions, RotaryEmbedding, TransformerLayer, make_mlp, make_norm
+from zoo.blocks import (
+    Attention,
+    LearnedPositions,
+    RotaryEmbedding,
+    SinusoidalPositions,
+    TransformerLayer,
+    make_mlp,
+    make_norm,
+)
 from zoo.families.gpt.config import GPTConfig
 from zoo.lm import CausalLM, init_weights
 from zoo.outputs import ModelOutput
@@ -18,7 +26,10 @@ class GPT(CausalLM):
         super().__init__(config)
         c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
-        self.pos = LearnedPositions(c.max_seq_len, c.d_model) if c.position == "learned" else None
+        self.pos = {
+            "learned": lambda: LearnedPositions(c.max_seq_len, c.d_model),
+            "sinusoidal": lambda: SinusoidalPositions(c.max_seq_len, c.d_model, rms=c.init_std),
+        }.get(c.position, lambda: None)()
         self.rope = RotaryEmbedding(c.head_dim, c.rope_theta) if c.position == "rope" else None
         self.drop = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList(
