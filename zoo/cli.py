@@ -230,31 +230,35 @@ def cmd_attention(args) -> int:
     from pathlib import Path
 
     from zoo import attention_maps as am
-    from zoo.hub import from_pretrained
-    from zoo.registry import create_model
+    from zoo.hub import from_pretrained, resolve_checkpoint
+    from zoo.registry import VARIANTS, _load_families, create_model
     from zoo.tokenizer import load_tokenizer
 
+    _load_families()
     if (args.text is None) == (args.image is None):
         raise ValueError("--text / --image: give exactly one")
     if args.image is not None and not Path(args.image).is_file():
         raise ValueError(f"--image: no such file {args.image!r}")
-    if Path(args.model).exists():
-        model = from_pretrained(args.model)
-    else:
+    checkpoint = None
+    if args.model in VARIANTS and not Path(args.model).exists():
         model = create_model(args.model).eval()
         print(f"zoo attention: {args.model} is a registered name: random weights", file=sys.stderr)
+    else:  # a directory or file, pkg://..., or a Hub repo id in the local cache, as zoo generate takes
+        checkpoint = resolve_checkpoint(args.model)
+        model = from_pretrained(checkpoint)
     out = Path(args.out)
     if args.image is not None:
         if not hasattr(model.config, "patch_size"):
             raise ValueError(f"--image: {args.model} is a {model.family} model, not an image model; use --text")
-        pixels, shown = am.load_image(args.image, model.config.image_size, args.model)
+        pixels, shown = am.load_image(args.image, model.config.image_size, checkpoint)
         maps = am.image_attention(model, pixels)
     else:
         if hasattr(model.config, "patch_size"):
             raise ValueError(f"--text: {args.model} is an image model; use --image")
-        if args.tokenizer is None and not Path(args.model).exists():
+        if args.tokenizer is None and checkpoint is None:
             raise ValueError("--tokenizer: a registered name has no tokenizer; give one (a checkpoint or .gguf)")
-        maps = am.text_attention(model, load_tokenizer(args.tokenizer or args.model), args.text)
+        tokenizer = load_tokenizer(resolve_checkpoint(args.tokenizer) if args.tokenizer else checkpoint)
+        maps = am.text_attention(model, tokenizer, args.text)
     layer = args.layer % len(maps.layers) if -len(maps.layers) <= args.layer < len(maps.layers) else args.layer
     maps.check(layer, args.head)
     out.mkdir(parents=True, exist_ok=True)
@@ -346,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("attention", help="attention heatmaps (PNG) and a page to browse every layer and head (HTML)")
-    p.add_argument("model", help="a checkpoint directory or .gguf file, or a registered name (random weights)")
+    p.add_argument("model", help="a checkpoint (directory, file, pkg://..., Hub repo id) or a registered name")
     p.add_argument("--text", default=None, help="the input text (text models)")
     p.add_argument("--image", default=None, help="an image file (vision models): adds the attention rollout")
     p.add_argument("--tokenizer", default=None, help="tokenizer path, if not the checkpoint's own")
