@@ -67,9 +67,13 @@ def main() -> None:
     prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}])) for q in QUESTIONS]
     ref = zoo.from_pretrained(path)
     runs = {"native (the file's Q4_1/Q8_0 codes)": zoo.from_pretrained(path, quantization="native")}
-    runs["int8 per channel"] = zoo.quantize(zoo.from_pretrained(path), "int8")
-    for g in (32, 64):  # 128 does not divide 576
-        runs[f"int4 g{g}"] = zoo.quantize(zoo.from_pretrained(path), "int4", group_size=g)
+    # The output projection at 8-bit blocks (quantize's default) and, to show what that buys, as
+    # the layers' own kind (head="same").
+    for head in ("int8-blocks", "same"):
+        label = "output projection 8-bit blocks" if head == "int8-blocks" else "output projection too"
+        runs[f"int8 per channel, {label}"] = zoo.quantize(zoo.from_pretrained(path), "int8", head=head)
+        for g in (32, 64):  # 128 does not divide 576
+            runs[f"int4 g{g}, {label}"] = zoo.quantize(zoo.from_pretrained(path), "int4", group_size=g, head=head)
     runs["bf16 (no quantization)"] = zoo.from_pretrained(path, dtype=torch.bfloat16)
     lines = [
         "| run | weights | weight error (rel. L2) | logit error (rel. L2) | same top token "

@@ -20,8 +20,9 @@ output projection also recomputes its top candidates in fp32 (``keep_exact_rows`
 logits tie.
 
 ``quantize(model, "int8" | "int4", group_size=)`` quantizes every linear projection of a
-decoder's layers and its output projection (a tied output projection gets its own quantized
-copy; the input embedding stays as it is, since a step reads only the rows of its B tokens).
+decoder's layers and its output projection, the latter at 8 bits in blocks of 32 by default
+(``head=``; a tied output projection gets its own quantized copy; the input embedding stays as
+it is, since a step reads only the rows of its B tokens).
 MoE experts are quantized like any MLP; routers stay float, since they are tiny and a flipped
 routing choice changes a whole expert's output.
 """
@@ -31,6 +32,10 @@ from torch import nn
 from torch.nn import functional as F
 
 KINDS = ("int8", "int4")
+# How ``quantize`` stores the output projection: 8-bit codes in blocks of 32 inputs (llama.cpp's
+# Q8_0, which its quantizers keep for the output projection), or the same kind as the layers.
+HEAD_KINDS = ("int8-blocks", "same")
+HEAD_BLOCK = 32
 GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
 _N_MULTIPLE = 16  # the int4 packing needs the output channels in multiples of 16; others are padded
 
@@ -168,6 +173,24 @@ class QuantLinear(nn.Module):
             layer.keep_exact_rows(codes, scales, zeros - 8 * scales)
         return layer
 
+    @classmethod
+    def from_weight_blocks(
+        cls, w: torch.Tensor, block: int = HEAD_BLOCK, bias=None, exact_rows: bool = False
+    ) -> "QuantLinear":
+        """Quantize ``w`` (N, K) to symmetric 8-bit codes with one scale per block of ``block``
+        inputs (Q8_0's layout: d = max |w| / 127 over the block), run through ``from_blocks``."""
+        w = w.detach().float()
+        N, K = w.shape
+        if block not in GROUP_SIZES or K % block:
+            raise ValueError(f"block: {block} must be one of {GROUP_SIZES} and divide the input width {K}")
+        g = w.view(N, K // block, block)  # (N, blocks, block)
+        d = (g.abs().amax(dim=-1) / 127).clamp(min=1e-12).to(torch.bfloat16).float()  # rounded first: codes fit it
+        codes = (g / d[..., None]).round().clamp(-127, 127).to(torch.int8).view(N, K)
+        layer = cls.from_blocks(codes, d, torch.zeros_like(d), bias)
+        if exact_rows:
+            layer.keep_exact_rows(codes, d, torch.zeros_like(d))
+        return layer
+
     def keep_exact_rows(self, codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor, top: int = 16) -> None:
         """Keep the weights' codes unpacked, ``w = d * codes + m`` per block, with fp32 d and m, and
         recompute the ``top`` largest outputs of each row in fp32 from them.
@@ -260,13 +283,17 @@ def _fused_bias(parts: list[nn.Module]) -> torch.Tensor | None:
     return torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]) for p in parts])
 
 
-def quantize(model: nn.Module, kind: str, group_size: int | None = None) -> nn.Module:
+def quantize(model: nn.Module, kind: str, group_size: int | None = None, head: str = "int8-blocks") -> nn.Module:
     """Quantize a decoder's weights in place for CPU inference; returns the model.
 
     Args:
         model: a decoder-only zoo model (``zoo.lm.CausalLM``: GPT-2, LLaMA, Mistral, Mixtral, ...).
         kind: ``"int8"`` (per output channel) or ``"int4"`` (asymmetric groups).
         group_size: int4's inputs per scale and zero point: 32 (default), 64, 128 or 256.
+        head: the output projection's storage: ``"int8-blocks"`` (default; 8-bit codes with a
+            scale per 32 inputs, llama.cpp's Q8_0) or ``"same"`` (as ``kind`` and ``group_size``).
+            The output projection turns small weight errors into reordered logits, so it keeps
+            more bits (docs/quantization.md measures both).
 
     Every ``nn.Linear`` in the layers (attention, MLP, each MoE expert) and the output
     projection is replaced by a ``QuantLinear``, q/k/v and gate/up fused into one each; routers,
@@ -275,11 +302,13 @@ def quantize(model: nn.Module, kind: str, group_size: int | None = None) -> nn.M
     """
     if kind not in KINDS:
         raise ValueError(f"quantization: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if head not in HEAD_KINDS:
+        raise ValueError(f"head: unknown output-projection storage {head!r}; choose one of {', '.join(HEAD_KINDS)}")
     if not hasattr(model, "layers") or not hasattr(model, "lm_head"):
         raise ValueError(f"model: quantize takes a decoder-only zoo model (CausalLM), not {type(model).__name__}")
     if model.device.type != "cpu":
         raise ValueError(f"model: the int8/int4 kernels used here run on CPU; the model is on {model.device}")
-    head = model.lm_head if model.lm_head is not None else model.embed  # tied: the embedding is the projection
+    out = model.lm_head if model.lm_head is not None else model.embed  # tied: the embedding is the projection
     replace = {name: m for name, m in model.layers.named_modules() if isinstance(m, nn.Linear) and not _skipped(name)}
     with torch.no_grad():
         # Each output row is quantized on its own, so quantizing the concatenated weights of q/k/v
@@ -301,7 +330,13 @@ def quantize(model: nn.Module, kind: str, group_size: int | None = None) -> nn.M
             except ValueError as err:
                 raise ValueError(f"layers.{name}: {err}") from err
             setattr(model.layers.get_submodule(parent), attr, layer)
-        model.lm_head = QuantLinear.from_weight(head.weight, kind, group_size, exact_rows=True)
+        if head == "int8-blocks":
+            try:
+                model.lm_head = QuantLinear.from_weight_blocks(out.weight, exact_rows=True)
+            except ValueError as err:
+                raise ValueError(f"lm_head: {err}; pass head='same' to store it as {kind}") from err
+        else:
+            model.lm_head = QuantLinear.from_weight(out.weight, kind, group_size, exact_rows=True)
     return model
 
 

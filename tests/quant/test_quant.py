@@ -138,7 +138,7 @@ def test_quantize_decoders(name, kind):
     assert all(n.endswith("router") for n in linears), linears  # only MoE routers stay float
     assert model.dtype == torch.float32 and "lm_head" in dict(model.named_modules())
     summary = quantization_summary(model)
-    assert summary.startswith("float32, weights " + kind), summary
+    assert summary.startswith("float32, weights 8-bit blocks as 2x int4 g32 (1 layers), " + kind), summary
     ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         a, b = ref(ids).logits, model(ids).logits.float()
@@ -150,6 +150,28 @@ def test_quantize_decoders(name, kind):
     assert out.shape == (2, 28)
     with pytest.raises(ValueError, match="a quantized model is for inference and is not saved"):
         zoo.save_pretrained(model, "unused")
+
+
+def test_output_projection_keeps_8_bit_blocks_unless_asked():
+    """The head is stored as Q8_0-style 8-bit blocks by default: less error than the layers' int4,
+    and head='same' gives the old behaviour."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(160, 64, generator=g)
+    blocks = QuantLinear.from_weight_blocks(w)
+    assert blocks.input_copies == 2 and blocks.in_features == 64
+    four = QuantLinear.from_weight(w, "int4", 32)
+    eye = torch.eye(64)
+    err = lambda layer: ((layer(eye).float().t() - w).norm() / w.norm()).item()
+    assert err(blocks) < err(four) / 4, (err(blocks), err(four))
+    assert err(blocks) < 0.01  # 8 bits and bf16 scales: under 1% of the weights' norm
+    model = randomize_(zoo.create_model("llama-tiny", **TINY["llama-tiny"]), std=0.05)
+    assert zoo.quantize(model, "int4").lm_head.input_copies == 2
+    same = zoo.quantize(randomize_(zoo.create_model("llama-tiny", **TINY["llama-tiny"]), std=0.05), "int4", head="same")
+    assert same.lm_head.input_copies == 1 and same.lm_head.kind == "int4"
+    with pytest.raises(ValueError, match=r"^head: unknown output-projection storage 'int2'"):
+        zoo.quantize(zoo.create_model("llama-tiny"), "int4", head="int2")
+    with pytest.raises(ValueError, match=r"^block: 48 must be one of"):
+        QuantLinear.from_weight_blocks(w, block=48)
 
 
 def test_output_projection_recomputes_its_top_logits_in_fp32():
