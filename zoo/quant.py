@@ -58,7 +58,7 @@ class QuantLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, kind: str, group_size: int | None = None, bias=None):
         super().__init__()
-        if kind not in KINDS:
+        if kind not in (*KINDS, "bf16"):
             raise ValueError(f"quantization: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
         self.in_features, self.out_features, self.kind, self.group_size = in_features, out_features, kind, group_size
         self.input_copies = 1  # 2 for 8-bit codes in groups, run as two 4-bit halves (see from_blocks)
@@ -74,6 +74,17 @@ class QuantLinear(nn.Module):
         m = cls(K, N, "int8", bias=bias)
         m.register_buffer("codes", codes.contiguous())
         m.register_buffer("scales", scales.to(torch.bfloat16).contiguous())
+        return m
+
+    @classmethod
+    def from_bf16(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "QuantLinear":
+        """Weights kept in bf16 (a GGUF file's F16/BF16 tensors under ``quantization="native"``):
+        half the bytes of fp32 and torch's bf16 matmul, with the same fp32-in, fp32-out contract
+        as the integer kinds. BF16 weights are exact; F16 ones are rounded to bf16 (8 bits of
+        mantissa instead of 11)."""
+        N, K = weight.shape
+        m = cls(K, N, "bf16", bias=bias)
+        m.register_buffer("codes", weight.detach().to(torch.bfloat16).contiguous())
         return m
 
     @classmethod
@@ -220,7 +231,9 @@ class QuantLinear(nn.Module):
         exact_x = x.reshape(-1, self.in_features) if self.refine_top else None
         if self.input_copies == 2:
             x2 = torch.cat([x2, x2], dim=1)  # (B * T, 2K), for the two halves of 8-bit codes
-        if self.kind == "int8":
+        if self.kind == "bf16":
+            y = F.linear(x2, self.codes)
+        elif self.kind == "int8":
             y = torch.ops.aten._weight_int8pack_mm(x2, self.codes, self.scales)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.codes, self.group_size, self.scales_zeros)
@@ -272,7 +285,7 @@ def fusable(layers: nn.Module) -> list[tuple[str, nn.Module, tuple[str, ...], st
     for name, m in layers.named_modules():
         if isinstance(m, Attention) and name.rsplit(".", 1)[-1] == "attn" and m.qkv_proj is None:
             groups.append((name, m, ("q_proj", "k_proj", "v_proj"), "fuse_qkv"))
-        elif isinstance(m, MLP) and m.gate is not None and m.gate_up is None:
+        elif isinstance(m, MLP) and m.gate_up is None and m.gate is not None:  # fused ones have no gate
             groups.append((name, m, ("gate", "up"), "fuse_gate_up"))
     return groups
 

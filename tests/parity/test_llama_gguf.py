@@ -354,3 +354,33 @@ def test_missing_metadata_is_named(tmp_path, monkeypatch):
     path = write_gguf(tmp_path / "m.gguf", model, Q.F32)
     with pytest.raises(CheckpointError, match=r"GGUF metadata has no 'llama.feed_forward_length'"):
         zoo.from_pretrained(path)
+
+
+@pytest.mark.parametrize("qtype", [Q.F16, Q.BF16])
+@pytest.mark.parametrize("tied", [False, True])
+def test_native_keeps_16_bit_weights_in_bf16(qtype, tied, tmp_path):
+    """quantization="native" on an F16/BF16 file: every projection a bf16 layer holding the
+    file's weights (BF16 exactly, F16 rounded to bf16), logits near the fp32 load's. (A random
+    model's logits lie close together, so bf16 reorders some: top tokens are compared by share.)"""
+    from zoo.quant import QuantLinear, quantization_summary
+
+    path = write_gguf(tmp_path / f"h-{qtype.name}.gguf", _llama(tie_word_embeddings=tied), qtype)
+    ref = zoo.from_pretrained(path)
+    native = zoo.from_pretrained(path, quantization="native")
+    assert not [n for n, m in native.named_modules() if isinstance(m, torch.nn.Linear)]
+    layers = [m for m in native.modules() if isinstance(m, QuantLinear)]
+    assert layers and all(m.kind == "bf16" for m in layers)
+    assert quantization_summary(native) == "float32, weights bf16 (9 layers), their matmuls in bfloat16"
+    attn = native.layers[1].attn
+    expected = torch.cat([ref.layers[1].attn.q_proj.weight, ref.layers[1].attn.k_proj.weight,
+                          ref.layers[1].attn.v_proj.weight]).to(torch.bfloat16)  # fmt: skip
+    assert torch.equal(attn.qkv_proj.codes, expected)  # RoPE rows un-permuted as in the fp32 path
+    if qtype == Q.BF16:
+        assert torch.equal(native.layers[0].mlp.down.codes.float(), ref.layers[0].mlp.down.weight)
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ref(ids).logits, native(ids).logits
+    assert b.dtype == torch.float32
+    rel = ((a - b).norm() / a.norm()).item()
+    assert 0 < rel < 0.02, rel  # bf16 matmul inputs: not exact, but close
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9

@@ -176,7 +176,9 @@ def gguf_state_dict(reader: GGUFReader, path: Path, placeholders: bool = False) 
 
 # Block layouts llama.cpp's ggml-common.h defines: bytes per block of 32 weights, where the codes start.
 _BLOCKS = {GGMLQuantizationType.Q4_0: (18, 2), GGMLQuantizationType.Q4_1: (20, 4), GGMLQuantizationType.Q8_0: (34, 2)}
-KEPT_QUANTIZATIONS = tuple(q.name for q in _BLOCKS)
+# 16-bit floats, kept in bf16 under quantization="native" (F16 rounded to bf16).
+_HALF = (GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+KEPT_QUANTIZATIONS = tuple(q.name for q in (*_BLOCKS, *_HALF))
 
 
 def gguf_block_codes(t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -203,7 +205,8 @@ def gguf_block_codes(t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def _keep_file_quantization(model: Llama, reader: GGUFReader, path: Path) -> Llama:
     """Replace each linear layer whose GGUF tensor is Q4_0, Q4_1 or Q8_0 by a ``QuantLinear`` on
     the file's own codes and scales (the same renaming and RoPE row order as the fp32 path),
-    keeping the rest as ``load_gguf`` dequantized it (fp32: F16, BF16, F32, the K-quants, ...)."""
+    F16 and BF16 ones by bf16 layers (``_keep_half_weights``), keeping the rest as ``load_gguf``
+    dequantized it (fp32: F32, the K-quants, ...)."""
     from zoo.quant import QuantLinear, _fused_bias, fusable
 
     codes, d, m = {}, {}, {}
@@ -238,6 +241,44 @@ def _keep_file_quantization(model: Llama, reader: GGUFReader, path: Path) -> Lla
             model.lm_head = layer
         else:
             model.set_submodule(name, layer)
+    return _keep_half_weights(model, reader, path)
+
+
+def _keep_half_weights(model: Llama, reader: GGUFReader, path: Path) -> Llama:
+    """Replace each linear layer whose GGUF tensor is F16 or BF16 by a bf16 ``QuantLinear``
+    (its weights as loaded, exact for BF16, rounded to bf16 for F16), q/k/v and gate/up fused."""
+    from zoo.quant import QuantLinear, _fused_bias, fusable
+
+    # Which zoo weights came from 16-bit tensors: the same rules on shapes alone (meta tensors).
+    half = {
+        t.name: torch.empty(tuple(int(n) for n in reversed(t.shape)), device="meta")
+        for t in reader.tensors
+        if GGMLQuantizationType(t.tensor_type) in _HALF and len(t.shape) >= 2
+    }
+    keys = set(convert_state_dict(half, gguf_rules(model.config), source_name=str(path)))
+    with torch.no_grad():
+        for name, owner, projections, fuse in fusable(model.layers):
+            names = [f"layers.{name}.{p}.weight" for p in projections]
+            if all(k in keys for k in names):
+                parts = [getattr(owner, p) for p in projections]
+                weight = torch.cat([p.weight for p in parts])
+                getattr(owner, fuse)(QuantLinear.from_bf16(weight, _fused_bias(parts)))
+                keys -= set(names)
+        for key in sorted(keys):
+            name = key.removesuffix(".weight")
+            if name == "embed":
+                if not model.config.tie_embeddings:
+                    continue  # the input embedding reads only the step's rows: it stays fp32
+                name = "lm_head"
+            source = model.embed if name == "lm_head" and model.lm_head is None else model.get_submodule(name)
+            layer = QuantLinear.from_bf16(source.weight, getattr(source, "bias", None))
+            if name == "lm_head":
+                # bf16 logits tie; the top candidates are recomputed in fp32 from the bf16 weights.
+                ones = torch.ones(layer.out_features, 1)
+                layer.keep_exact_rows(layer.codes, ones, torch.zeros_like(ones))
+                model.lm_head = layer
+            else:
+                model.set_submodule(name, layer)
     return model
 
 
@@ -299,8 +340,9 @@ def load_gguf(path: str | Path, task: str | None = None, quantization: str | Non
 
     Args:
         quantization: None dequantizes every weight to fp32; ``"native"`` keeps the file's Q4_0,
-            Q4_1 and Q8_0 weights as they are stored (``zoo.quant.QuantLinear``), the other
-            tensors in fp32; ``"int8"``/``"int4"`` dequantize, then ``zoo.quant.quantize``.
+            Q4_1 and Q8_0 weights as they are stored and F16/BF16 ones as bf16
+            (``zoo.quant.QuantLinear``), the other tensors in fp32; ``"int8"``/``"int4"``
+            dequantize, then ``zoo.quant.quantize``.
     """
     from zoo.quant import check_quantization, quantize
 
