@@ -151,3 +151,67 @@ def test_sharded_load_keeps_sinusoidal_positions():
     model.to_empty(device="cpu")
     reference = zoo.create_model("gpt2-tiny", position="sinusoidal")
     assert torch.equal(model.pos.table, reference.pos.table)
+
+
+def test_process_memory_ddp_and_fsdp_arithmetic(capsys):
+    from zoo.cli import main
+    from zoo.info import process_memory
+    from zoo.lora import apply_lora
+
+    with torch.device("meta"):
+        model = zoo.create_model("gpt2-tiny")
+    params = list(model.parameters())
+    whole = sum(p.numel() * 4 for p in params)
+    ddp = process_memory(model, 4, "ddp")
+    assert (ddp.weights, ddp.gradients, ddp.optimizer, ddp.transient) == (whole, whole, 2 * whole, whole)
+    fsdp = process_memory(model, 3, "fsdp")
+    first_chunks = sum(torch.chunk(p, 3)[0].numel() * 4 for p in params)  # FSDP2 cuts dim 0 as torch.chunk
+    assert fsdp.weights == fsdp.gradients == first_chunks and fsdp.optimizer == 2 * first_chunks
+    layer = sum(p.numel() * 4 for p in model.layers[0].parameters())
+    root = whole - sum(p.numel() * 4 for layer_ in model.layers for p in layer_.parameters())
+    assert fsdp.transient == max(layer, root)
+    apply_lora(model, ["attn.q_proj"], r=2)  # only the adapters train: their gradients and moments
+    lora = process_memory(model, 2, "fsdp")
+    trained = sum(torch.chunk(p, 2)[0].numel() * 4 for p in model.parameters() if p.requires_grad)
+    assert lora.gradients == trained and lora.optimizer == 2 * trained < lora.weights
+
+    assert main(["info", "gpt2-tiny", "--processes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "per process with 2 processes" in out and "FSDP2 (sharded)" in out
+    assert main(["info", "gpt2-tiny", "--processes", "0"]) == 2
+    assert "--processes: must be at least 1" in capsys.readouterr().err
+
+
+def test_export_of_a_lora_run_is_what_finetune_saves(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from zoo.cli import main
+    from zoo.train.config import recipe_from_dict
+    from zoo.train.recipes import finetune
+
+    base = tmp_path / "base"
+    zoo.save_pretrained(zoo.create_model("gpt2-tiny", vocab_size=300, dropout=0.0), base, format="zoo")
+    run = tmp_path / "run"
+    recipe = {
+        "model": {"path": str(base)},
+        "tokenizer": "bpe:300",
+        "data": {"format": "text", "train": str(ROOT / "recipes/data/zoo_stories.txt"), "max_len": 24},
+        "lora": {"enabled": True, "r": 2, "targets": ["attn.q_proj", "attn.v_proj"], "save_merged": True},
+        "train": {"steps": 2, "batch_size": 4, "lr": 1e-2, "progress": "none", "tensorboard": False,
+                  "checkpoint_format": "sharded"},
+        "out_dir": str(run),
+    }  # fmt: skip
+    finetune(recipe_from_dict(recipe), log=lambda *a: None)
+    assert (run / "checkpoints" / "step-00000002" / "shards").is_dir()
+
+    assert main(["export", str(run), str(tmp_path / "merged")]) == 0
+    ids = torch.tensor([[5, 9, 17, 3, 40, 2, 250]])
+    expected = zoo.from_pretrained(run / "model")(ids).logits
+    assert torch.equal(zoo.from_pretrained(tmp_path / "merged")(ids).logits, expected)
+    assert zoo.load_tokenizer(tmp_path / "merged").vocab_size == 300
+
+    assert main(["export", str(run), str(tmp_path / "adapter"), "--lora", "adapter"]) == 0
+    ours = load_file(tmp_path / "adapter" / "adapter.safetensors")
+    saved = load_file(run / "adapter" / "adapter.safetensors")
+    assert ours.keys() == saved.keys() and all(torch.equal(ours[k], saved[k]) for k in saved)
+    capsys.readouterr()

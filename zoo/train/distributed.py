@@ -152,27 +152,21 @@ def load_sharded_pretrained(path, world: World, dtype: torch.dtype | None = None
             f"{path}: does not fit a {family.name} {task} of this config; missing {missing[:8]}, "
             f"unexpected {unexpected[:8]}"
         )
-    handles = {}
-    try:
-        with torch.no_grad():
-            for name, target in targets.items():
-                if files[name] not in handles:
-                    handles[files[name]] = safe_open(files[name], framework="pt")
-                part = handles[files[name]].get_slice(name)
-                saved = tuple(part.get_shape())
-                if saved != tuple(target.shape):
-                    needed = tuple(target.shape)
+    with torch.no_grad():
+        for name, target in targets.items():
+            # The file is opened per tensor: safetensors reads through mmap, and the pages a slice
+            # touched count in this process's memory for as long as the file stays mapped.
+            with safe_open(files[name], framework="pt") as f:
+                part = f.get_slice(name)
+                saved, needed = tuple(part.get_shape()), tuple(target.shape)
+                if saved != needed:
                     raise CheckpointError(f"{files[name]}: {name} has shape {saved}, the model needs {needed}")
                 if isinstance(target, DTensor):
-                    shape, offset = compute_local_shape_and_global_offset(
-                        target.shape, target.device_mesh, target.placements
-                    )
+                    shape, offset = compute_local_shape_and_global_offset(needed, target.device_mesh, target.placements)
                     local = target.to_local()
                     index = tuple(slice(o, o + n) for o, n in zip(offset, shape, strict=True))
                     local.copy_(part[index] if local.numel() else local)
                 else:
                     target.copy_(part[:])
-    finally:
-        handles.clear()
     _set_label_names(model, meta.get("label_names"), path / ZOO_CONFIG)
     return model.train()
