@@ -209,7 +209,7 @@ class _MetadataUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _shards_reader(path: Path):
+def shards_reader(path: Path):
     """A DCP reader of ``path/shards`` whose metadata is read by the restricted unpickler."""
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import StorageMeta
@@ -234,7 +234,7 @@ def sharded_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     saved state ("model.<name>", "optimizer.state.<name>.exp_avg", ...)."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    meta = _shards_reader(Path(path)).read_metadata()
+    meta = shards_reader(Path(path)).read_metadata()
     return {k: tuple(v.size) for k, v in meta.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
 
 
@@ -262,7 +262,7 @@ def load_sharded(path: str | Path, state: dict) -> None:
     import torch.distributed.checkpoint as dcp
 
     distributed = dist.is_available() and dist.is_initialized()
-    reader = _shards_reader(Path(path))
+    reader = shards_reader(Path(path))
     with _one_process_is_meant():
         dcp.load(state, storage_reader=reader, planner=_weights_only_planner(), no_dist=not distributed)
 

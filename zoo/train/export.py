@@ -60,7 +60,7 @@ def _saved_dtype(path: Path) -> torch.dtype:
     if ckpt.is_sharded(path):
         from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-        meta = ckpt._shards_reader(path).read_metadata().state_dict_metadata
+        meta = ckpt.shards_reader(path).read_metadata().state_dict_metadata
         dtypes = [v.properties.dtype for k, v in meta.items()
                   if k.startswith("model.") and isinstance(v, TensorStorageMetadata)]  # fmt: skip
     else:
@@ -98,7 +98,9 @@ def _tokenizer_for(run_dir: Path, recipe: dict):
     if (run_dir / "tokenizer" / "tokenizer.json").is_file():  # a BPE the run trained
         return load_tokenizer(run_dir / "tokenizer")
     source = recipe.get("tokenizer") or (recipe.get("model") or {}).get("path")
-    return load_tokenizer(resolve_checkpoint(source)) if source else None
+    if not source or source.startswith("bpe:"):  # none, or a trained BPE no longer beside the run
+        return None
+    return load_tokenizer(resolve_checkpoint(source))
 
 
 def export_run(

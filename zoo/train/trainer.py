@@ -352,16 +352,14 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "model_state": "trainable" if self.trainable_only else "full",
             "world_size": self.world.size,
-            "format": "sharded" if self.sharded_checkpoints else "full",
             "config": dataclasses.asdict(self.config),
             "model": self._model_record(),
         }
         keep = self.config.keep_checkpoints
         if self.sharded_checkpoints:
-            path = ckpt.save_sharded_checkpoint(
+            return ckpt.save_sharded_checkpoint(
                 self.ckpt_dir, self.step, self._sharded_state(), rng_tensors, trainer_state, self.world, keep=keep
             )
-            return path
         model_state = get_model_state_dict(self.model, options=self._state_options())
         if self.trainable_only:
             model_state = {k: v for k, v in model_state.items() if k in self.trainable_names}
