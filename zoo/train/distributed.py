@@ -2,7 +2,10 @@
 
 ``torchrun --nproc_per_node N -m zoo.cli finetune recipe.yaml`` sets RANK/WORLD_SIZE/LOCAL_RANK;
 ``setup`` joins the process group (NCCL on GPUs, gloo on CPU). A plain ``python`` run is a world
-of one and touches nothing here.
+of one and touches nothing here. Several nodes work the same way (``torchrun --nnodes N
+--rdzv_backend c10d ...``): ``LOCAL_RANK`` picks this process's GPU on its node, ``RANK`` (global)
+decides everything else, and the run directory is assumed to be on a filesystem every node
+shares (docs/distributed.md).
 """
 
 import os
@@ -22,6 +25,7 @@ class World:
 
     @property
     def is_main(self) -> bool:
+        """Global rank 0: the one process (of all nodes) that writes the run's shared files."""
         return self.rank == 0
 
     @property
