@@ -49,8 +49,9 @@ def _info_model(name_or_path: str):
     """A registered name, or a checkpoint (directory, file, pkg://, Hub repo id), built on the
     meta device from its config alone where it can be (a single file is read whole)."""
     from zoo.hub import from_pretrained, read_architecture, resolve_checkpoint
-    from zoo.registry import VARIANTS, create_model
+    from zoo.registry import VARIANTS, _load_families, create_model
 
+    _load_families()  # VARIANTS fills as the families import: a name must not fall through to a CPU build
     if name_or_path in VARIANTS:
         with torch.device("meta"):  # shapes and counts only: no memory, even for 47B parameters
             return create_model(name_or_path)
@@ -69,12 +70,22 @@ def _info_model(name_or_path: str):
 
 
 def cmd_info(args) -> int:
-    from zoo.info import compute_plan, kv_cache_bytes_per_token, model_info, scale_text, training_memory
+    from zoo.info import (
+        compute_plan,
+        kv_cache_bytes_per_token,
+        model_info,
+        process_memory,
+        processes_text,
+        scale_text,
+        training_memory,
+    )
 
     if args.context is not None and args.context < 1:
         raise ValueError(f"--context: must be a positive number of tokens, got {args.context}")
     if args.batch < 1:
         raise ValueError(f"--batch: must be at least 1, got {args.batch}")
+    if args.processes < 1:
+        raise ValueError(f"--processes: must be at least 1, got {args.processes}")
     dtype = getattr(torch, args.dtype)
     model = _info_model(args.name)
     if not next(model.parameters()).is_meta:  # a single file read whole: plan on a weightless copy
@@ -87,6 +98,9 @@ def cmd_info(args) -> int:
     memory = training_memory(model, args.batch, seq_len) if seq_len else None
     kv = kv_cache_bytes_per_token(model.config, dtype) if model.task == "causal_lm" else None
     print(scale_text(memory, kv, compute_plan(info, tokens=args.tokens, throughput=args.throughput)))
+    if args.processes > 1:
+        n = args.processes
+        print(processes_text(process_memory(model, n, "ddp"), process_memory(model, n, "fsdp")))
     return 0
 
 
@@ -121,6 +135,18 @@ def cmd_finetune(args) -> int:
     finally:
         if distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from zoo.train.export import choose_checkpoint, export_run
+
+    path = choose_checkpoint(Path(args.run_dir), args.checkpoint)
+    out = export_run(args.run_dir, args.out, format=args.format, checkpoint=str(path), lora=args.lora)
+    kind = "sharded" if (path / "shards").is_dir() else "full"
+    print(f"exported {path} ({kind} checkpoint) to {out} ({args.format} format)")
     return 0
 
 
@@ -299,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=None, help="tokens per example for them (default: the context)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="training dtype")
     p.add_argument("--tokens", type=float, default=None, help="training tokens D (default: 20 per parameter)")
+    p.add_argument("--processes", type=int, default=1, help="also show one process's share under DDP and FSDP2")
     p.add_argument(
         "--throughput",
         type=float,
@@ -369,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-config", action="store_true", help="print every recipe key with its type, default and value; no run"
     )
     p.set_defaults(fn=cmd_finetune)
+
+    p = sub.add_parser("export", help="a run's checkpoint (full or sharded) as one model directory, on one process")
+    p.add_argument("run_dir", help="a run directory of zoo finetune")
+    p.add_argument("out", help="the directory to write")
+    p.add_argument("--format", choices=["zoo", "hf"], default="zoo", help="zoo.json + safetensors, or the reference's")
+    p.add_argument("--checkpoint", default=None, help="a step number or step-* name (default: the newest)")
+    p.add_argument("--lora", choices=["merged", "adapter"], default="merged", help="what a LoRA run exports")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("study", help="run a study: zoo study icl shots=[0,1,2] --out runs/icl (see docs/study/)")
     p.add_argument("name", help="which study (icl, ...)")

@@ -437,7 +437,16 @@ def _atomic_directory_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+    """Tensors safetensors can write: a copy only of those that share storage (tied weights) or
+    view part of one, so a save does not hold a second copy of the whole model."""
+    out, seen = {}, set()
+    for k, v in state.items():
+        v = v.detach().contiguous()
+        storage = v.untyped_storage()
+        whole = v.storage_offset() == 0 and v.numel() * v.element_size() == storage.nbytes()
+        out[k] = v if whole and storage.data_ptr() not in seen else v.clone()
+        seen.add(storage.data_ptr())
+    return out
 
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike, format: str = "hf") -> Path:

@@ -271,3 +271,74 @@ def scale_text(memory: TrainingMemory | None, kv_per_token: int | None, plan: Co
         f"{p.chinchilla_tokens:.3g} tokens, {p.chinchilla_flops:.3g} FLOPs",
     ]
     return "\n".join(lines)
+
+
+# --- Several processes: what DDP replicates and FSDP2 shards ------------------------------------
+
+
+@dataclass
+class ProcessMemory:
+    """Bytes of weights, gradients and AdamW state on one process of ``processes``.
+
+    DDP replicates everything, and keeps its gradient buckets (one more copy of the gradients,
+    which it all-reduces) beside them. FSDP2 (``fully_shard`` per layer, then the root) splits
+    every parameter, its gradient and its AdamW moments on dim 0 into ``processes`` chunks of
+    ``ceil(rows / processes)`` rows (the figures are the first process's, which gets the largest
+    chunks); while a unit computes, its parameters are all-gathered whole (``gathered``, the
+    largest unit: a layer, or the root's embeddings, final norm and head).
+    """
+
+    strategy: str
+    processes: int
+    weights: int
+    gradients: int
+    optimizer: int
+    transient: int  # DDP: gradient buckets; FSDP2: the largest unit's gathered parameters
+
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.transient
+
+
+def _first_shard_bytes(p: torch.Tensor, processes: int) -> int:
+    """Bytes of the first process's dim-0 chunk of ``p`` (torch.chunk's sizes, as FSDP2 cuts)."""
+    if p.dim() == 0:
+        return p.element_size()
+    rows = p.shape[0]
+    return min(-(-rows // processes), rows) * (p.numel() // max(rows, 1)) * p.element_size()
+
+
+def process_memory(model: nn.Module, processes: int, strategy: str, trainable_only: bool = True) -> ProcessMemory:
+    """Per-process weights, gradients and AdamW state under ``strategy`` (``ddp`` or ``fsdp``)."""
+    if processes < 1:
+        raise ValueError(f"processes: must be at least 1, got {processes}")
+    params = list({id(p): p for p in model.parameters()}.values())
+    trainable = [p for p in params if p.requires_grad or not trainable_only]
+    if strategy == "ddp":
+        grads = sum(p.numel() * p.element_size() for p in trainable)
+        weights = sum(p.numel() * p.element_size() for p in params)
+        return ProcessMemory("ddp", processes, weights, grads, 2 * grads, grads if processes > 1 else 0)
+    if strategy != "fsdp":
+        raise ValueError(f"strategy: choose ddp or fsdp, not {strategy!r}")
+    weights = sum(_first_shard_bytes(p, processes) for p in params)
+    grads = sum(_first_shard_bytes(p, processes) for p in trainable)
+    layers = getattr(model, "layers", [])
+    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+    units = [list(layer.parameters()) for layer in layers] + [[p for p in params if id(p) not in in_layers]]
+    gathered = max(sum(p.numel() * p.element_size() for p in unit) for unit in units) if processes > 1 else 0
+    return ProcessMemory("fsdp", processes, weights, grads, 2 * grads, gathered)
+
+
+def processes_text(ddp: ProcessMemory, fsdp: ProcessMemory) -> str:
+    """The `zoo info --processes N` table: one process's share under DDP and under FSDP2."""
+    n = ddp.processes
+    rows = [
+        ("weights", ddp.weights, fsdp.weights),
+        ("gradients", ddp.gradients, fsdp.gradients),
+        ("AdamW state (2 moments)", ddp.optimizer, fsdp.optimizer),
+        ("DDP buckets / FSDP gathered unit", ddp.transient, fsdp.transient),
+        ("total (without activations)", ddp.total(), fsdp.total()),
+    ]
+    lines = [f"  per process with {n} processes (activations: per process's micro-batch, as above):",
+             f"    {'':<34} {'DDP (replicated)':>18} {'FSDP2 (sharded)':>18}"]  # fmt: skip
+    lines += [f"    {name:<34} {_bytes(a):>18} {_bytes(b):>18}" for name, a, b in rows]
+    return "\n".join(lines)

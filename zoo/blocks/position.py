@@ -107,11 +107,22 @@ class SinusoidalPositions(nn.Module):
 
     def __init__(self, max_seq_len: int, d_model: int, rms: float | None = None):
         super().__init__()
-        self.max_seq_len = max_seq_len
-        table = sinusoidal_table(max_seq_len, d_model)
-        if rms is not None:
-            table = table * (rms / table.pow(2).mean().sqrt())
-        self.register_buffer("table", table, persistent=False)
+        self.max_seq_len, self.d_model, self.rms = max_seq_len, d_model, rms
+        self.register_buffer("table", self._table(), persistent=False)
+
+    def _table(self) -> torch.Tensor:
+        table = sinusoidal_table(self.max_seq_len, self.d_model)
+        if self.rms is not None:
+            table = table * (self.rms / table.pow(2).mean().sqrt())
+        return table
+
+    def _apply(self, fn, recurse=True):
+        # `to_empty` after meta-device init (a sharded load) would leave garbage in this
+        # non-persistent buffer, which no checkpoint restores: recompute it there.
+        super()._apply(fn, recurse)
+        if self.table.device.type != "meta":
+            self.table = self._table().to(self.table.device, self.table.dtype)
+        return self
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """positions (B, T) or (T,) integers -> (..., T, d_model)."""

@@ -57,6 +57,10 @@ class TrainConfig:
         eval_every: steps between evaluations on the eval split (None: only at the end).
         save_every: steps between checkpoints (None: only at the end and on interruption).
         keep_checkpoints: how many recent checkpoints to keep.
+        checkpoint_format: ``sharded`` (torch.distributed.checkpoint: each process writes its own
+            shards, no gather; loads on any number of processes), ``full`` (one process gathers
+            and writes safetensors files), or ``auto``: sharded under FSDP with several
+            processes, full otherwise. Either format resumes on any number of processes.
         resume: continue from the newest checkpoint in the run directory if there is one;
             ``false`` starts fresh and deletes that directory's old checkpoints and metrics.
         debug: shape trace of the first batch, NaN/Inf check after every module, per-parameter
@@ -88,6 +92,7 @@ class TrainConfig:
     eval_every: int | None = None
     save_every: int | None = None
     keep_checkpoints: int = 2
+    checkpoint_format: str = _choices("auto", "full", "sharded", default="auto")
     resume: bool = True
     debug: bool = False
     progress: str = _choices("tqdm", "none", default="tqdm")

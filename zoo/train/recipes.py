@@ -42,6 +42,7 @@ from zoo.train.data import (
     text_examples,
     train_bpe_tokenizer,
 )
+from zoo.train.distributed import is_fsdp_sharded
 from zoo.train.trainer import Trainer, TrainResult
 
 CLASSIFICATION_FORMATS = ("text_label", "digits", "audio_label")
@@ -200,6 +201,23 @@ def _text_tower_for(tokenizer, text: dict) -> dict:
     return text
 
 
+def _loads_sharded(recipe: Recipe, num_labels: int | None) -> bool:
+    """Under FSDP with several processes, a zoo-format checkpoint loads straight into each
+    process's shards (``load_sharded_pretrained``) unless the recipe changes the model after
+    loading it (LoRA adapters, a new or resized head): those need the whole model first."""
+    from zoo.hub import ZOO_CONFIG, read_architecture, resolve_checkpoint
+
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or recipe.train.strategy != "fsdp" or recipe.lora.enabled:
+        return False
+    path = resolve_checkpoint(recipe.model.path)
+    if not (path.is_dir() and (path / ZOO_CONFIG).is_file()):
+        return False
+    _, task, config, _ = read_architecture(path)
+    field = _label_field(config)
+    resize = num_labels is not None and field is not None and getattr(config, field) != num_labels
+    return (recipe.model.task is None or recipe.model.task == task) and not resize
+
+
 def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.Module, list[str]]:
     """A registered variant with fresh weights (``model.name``) or a checkpoint (``model.path``).
 
@@ -226,6 +244,10 @@ def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.M
             raise RecipeError(f"model.overrides: {err}") from err
         model = model.to(dtype)
         new_weights = _head_weights(model)
+    elif _loads_sharded(recipe, num_labels):
+        from zoo.train.distributed import load_sharded_pretrained, setup
+
+        model = load_sharded_pretrained(m.path, setup(recipe.train.device), dtype=dtype)
     else:
         model = zoo.from_pretrained(m.path, dtype=dtype)
         resize = (
@@ -555,6 +577,8 @@ def _finetune(recipe: Recipe, log) -> FinetuneResult:
             f"{len(prep.train)} examples ({len(prep.eval)} held out); {trainer.world.size} process(es) on "
             f"{trainer.world.device}; run directory {run_dir}"
         )
+        if is_fsdp_sharded(prep.model):
+            log(f"{recipe.model.path}: loaded straight into FSDP2 shards (each process read only its part)")
         if prep.new_weights and (recipe.model.path is not None or recipe.lora.enabled):
             trained = "; trained and saved with the adapter" if recipe.lora.enabled else ""
             log(f"new head, randomly initialised: {', '.join(prep.new_weights)}{trained}")

@@ -29,7 +29,7 @@ from zoo.train import checkpoint as ckpt
 from zoo.train import rundir
 from zoo.train.config import TrainConfig
 from zoo.train.data import StepSampler, collate, split_for_rank
-from zoo.train.distributed import World, setup, shard_fsdp, wrap_ddp
+from zoo.train.distributed import World, is_fsdp_sharded, setup, shard_fsdp, wrap_ddp
 from zoo.train.metrics import MetricsLog, Progress, plot_metrics
 from zoo.train.optim import build_optimizer, build_scheduler
 
@@ -123,8 +123,14 @@ class Trainer:
         self.fsdp = self.world.distributed and config.strategy == "fsdp"
         self.ddp = self.world.distributed and config.strategy == "ddp"
         self.ddp_module = None
+        presharded = is_fsdp_sharded(self.model)  # loaded straight into its shards (load_sharded_pretrained)
+        if presharded and not self.fsdp:
+            raise ValueError("train.strategy: the model is already sharded with FSDP; train it with strategy fsdp")
+        fmt = config.checkpoint_format
+        self.sharded_checkpoints = fmt == "sharded" or (fmt == "auto" and self.fsdp)
         if self.fsdp:
-            shard_fsdp(self.model, self.world)
+            if not presharded:
+                shard_fsdp(self.model, self.world)
             self.forward_module = self.model
         elif self.ddp:
             self.forward_module = self.ddp_module = wrap_ddp(self.model, self.world)
@@ -330,36 +336,51 @@ class Trainer:
         return StateDictOptions(full_state_dict=True, cpu_offload=True, **kwargs)
 
     def save(self) -> Path | None:
-        """Write a checkpoint of the current step (all processes call this; the first writes)."""
+        """Write a checkpoint of the current step (all processes call this). Full: the first
+        process gathers and writes; sharded: every process writes its own shards."""
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-        model_state = get_model_state_dict(self.model, options=self._state_options())
-        if self.trainable_only:
-            model_state = {k: v for k, v in model_state.items() if k in self.trainable_names}
-        optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=self._state_options())
         rng = {"torch": torch.get_rng_state()}
         if self.world.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.world.device)
         all_rng = self.world.gather(rng)
+        rng_tensors = {f"rank{r}.{k}": v for r, states in enumerate(all_rng) for k, v in states.items()}
+        trainer_state = {
+            "step": self.step,
+            "data": self.sampler.position(self.samples_seen),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "model_state": "trainable" if self.trainable_only else "full",
+            "world_size": self.world.size,
+            "config": dataclasses.asdict(self.config),
+            "model": self._model_record(),
+        }
+        keep = self.config.keep_checkpoints
+        if self.sharded_checkpoints:
+            return ckpt.save_sharded_checkpoint(
+                self.ckpt_dir, self.step, self._sharded_state(), rng_tensors, trainer_state, self.world, keep=keep
+            )
+        model_state = get_model_state_dict(self.model, options=self._state_options())
+        if self.trainable_only:
+            model_state = {k: v for k, v in model_state.items() if k in self.trainable_names}
+        optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=self._state_options())
         path = None
         if self.world.is_main:
-            trainer_state = {
-                "step": self.step,
-                "data": self.sampler.position(self.samples_seen),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "model_state": "trainable" if self.trainable_only else "full",
-                "world_size": self.world.size,
-                "config": dataclasses.asdict(self.config),
-                "model": self._model_record(),
-            }
-            rng_tensors = {f"rank{r}.{k}": v for r, states in enumerate(all_rng) for k, v in states.items()}
             path = ckpt.save_checkpoint(
-                self.ckpt_dir, self.step, model_state, optim_state, rng_tensors, trainer_state,
-                keep=self.config.keep_checkpoints,
-            )  # fmt: skip
+                self.ckpt_dir, self.step, model_state, optim_state, rng_tensors, trainer_state, keep=keep
+            )
         self.world.barrier()
         return path
+
+    def _sharded_state(self) -> dict:
+        """{"model", "optimizer"} as torch.distributed.checkpoint reads and writes them: this
+        process's shards (DTensors) under FSDP, whole tensors otherwise; keys are parameter names."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        if self.trainable_only:
+            model_state = {k: v for k, v in model_state.items() if k in self.trainable_names}
+        return {"model": model_state, "optimizer": optim_state}
 
     def _model_record(self) -> dict:
         """What a checkpoint records of the model, so a resume can tell it is the same one."""
@@ -389,7 +410,7 @@ class Trainer:
                 problems.append(
                     f"model config {key}: the checkpoint's is {old.get(key)!r}, this run's {new.get(key)!r}"
                 )
-        saved = ckpt.tensor_shapes(path / "model.safetensors")
+        saved = ckpt.model_shapes(path)
         if trainer_state.get("model_state") == "trainable":  # LoRA: the adapters (and any new head)
             params = dict(self.model.named_parameters())
             expected = {n: tuple(params[n].shape) for n in self.trainable_names}
@@ -415,22 +436,31 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
         self.check_resumable(path)
-        state = ckpt.load_checkpoint(path)
-        trainer_state = state["trainer"]
-        set_model_state_dict(
-            self.model, state["model"], options=self._state_options(strict=trainer_state["model_state"] == "full")
-        )
-        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=self._state_options())
+        if ckpt.is_sharded(path):  # each process reads its own part, resharded to this run's processes
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            trainer_state, rng_state = ckpt.read_trainer_state(path), ckpt.read_rng(path)
+            state = self._sharded_state()
+            ckpt.load_sharded(path, state)
+            strict = StateDictOptions(strict=trainer_state["model_state"] == "full")
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optimizer"], options=strict)  # fmt: skip
+        else:
+            state = ckpt.load_checkpoint(path)
+            trainer_state, rng_state = state["trainer"], state["rng"]
+            strict = trainer_state["model_state"] == "full"
+            set_model_state_dict(self.model, state["model"], options=self._state_options(strict=strict))
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=self._state_options())
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         if self.scaler is not None and trainer_state.get("scaler"):
             self.scaler.load_state_dict(trainer_state["scaler"])
         self.step = trainer_state["step"]
         self.samples_seen = trainer_state["data"]["samples_seen"]
         rank = self.world.rank
-        if trainer_state["world_size"] == self.world.size and f"rank{rank}.torch" in state["rng"]:
-            torch.set_rng_state(state["rng"][f"rank{rank}.torch"])
-            if self.world.device.type == "cuda" and f"rank{rank}.cuda" in state["rng"]:
-                torch.cuda.set_rng_state(state["rng"][f"rank{rank}.cuda"], self.world.device)
+        if trainer_state["world_size"] == self.world.size and f"rank{rank}.torch" in rng_state:
+            torch.set_rng_state(rng_state[f"rank{rank}.torch"])
+            if self.world.device.type == "cuda" and f"rank{rank}.cuda" in rng_state:
+                torch.cuda.set_rng_state(rng_state[f"rank{rank}.cuda"], self.world.device)
         else:  # a different number of processes: dropout cannot replay exactly, but stays seeded
             torch.manual_seed(self.config.seed + 1000 * rank + self.step)
 
