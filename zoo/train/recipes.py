@@ -213,8 +213,7 @@ def _loads_sharded(recipe: Recipe, num_labels: int | None) -> bool:
     if not (path.is_dir() and (path / ZOO_CONFIG).is_file()):
         return False
     _, task, config, _ = read_architecture(path)
-    field = _label_field(config)
-    resize = num_labels is not None and field is not None and getattr(config, field) != num_labels
+    resize = num_labels is not None and _has_labels(config) and config.n_labels != num_labels
     return (recipe.model.task is None or recipe.model.task == task) and not resize
 
 
