@@ -136,3 +136,13 @@ def test_bad_settings_are_named(tmp_path):
         run_study("pitfalls", ["parts=[exploding,oom]"], tmp_path, log=quiet)
     with pytest.raises(ValueError, match="memory_micro_batch_size"):
         run_study("pitfalls", ["parts=[memory]", "memory_batch_size=8", "memory_micro_batch_size=3"], tmp_path)
+
+
+def test_zoo_info_plans_a_registered_model_from_a_fresh_process():
+    # docs/debugging.md's first command; in a fresh process the registry starts empty.
+    run = subprocess.run(
+        [sys.executable, "-m", "zoo.cli", "info", "gpt2-tiny", "--batch", "8", "--seq-len", "64"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "training memory, batch 8 x 64 tokens" in run.stdout and "with checkpointing" in run.stdout
