@@ -100,8 +100,8 @@ def test_warmup_arms_share_the_start_and_differ_in_the_learning_rate(small_run):
     assert w["warmup"]["loss"][0] == w["no_warmup"]["loss"][0]
     lines = (out / "values.csv").read_text().splitlines()
     lr0 = {line.split(",")[0]: float(line.split(",")[3]) for line in lines if ",0,lr," in line}
-    assert lr0["warmup: none"] == pytest.approx(1e-2)
-    assert lr0["warmup: 10 steps"] == pytest.approx(1e-3)
+    assert lr0["warmup: no warmup"] == pytest.approx(1e-2)
+    assert lr0["warmup: 10 warmup steps"] == pytest.approx(1e-3)
 
 
 def test_accumulation_and_checkpointing_lower_the_measured_peak(tmp_path):

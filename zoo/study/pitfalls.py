@@ -167,7 +167,7 @@ def run(s: Settings, out: Path, log) -> dict:
     if "warmup" in s.parts:
         part = {}
         for warm in (0, s.warmup):
-            arm = f"warmup: {warm} steps" if warm else "warmup: none"
+            arm = f"warmup: {warm} warmup steps" if warm else "warmup: no warmup"
             r = train(
                 gpt(s.warmup_layers), batches(), s.warmup_train_steps, s.warmup_lr, warmup=warm,
                 log_every=s.log_every, evaluate=evaluate,
@@ -175,6 +175,11 @@ def run(s: Settings, out: Path, log) -> dict:
             runs[arm] = r
             part["warmup" if warm else "no_warmup"] = _summary(r, "val_loss")
             log(f"  {arm:<26} {_line(r, 'val_loss')}")
+        # How much sooner: the step at which the warmup run first reached the loss the run without
+        # warmup ended on.
+        target = part["no_warmup"]["final_loss"]
+        reached = [step for step, v in part["warmup"]["loss"].items() if v is not None and v <= target]
+        part["warmup_steps_to_no_warmup_final_loss"] = reached[0] if reached else None
         summary["warmup"] = part
 
     if runs:
@@ -378,6 +383,8 @@ def plot(out: Path, runs: dict[str, Run]) -> None:
         else:
             right.set(xlabel="step", ylabel="gradient norm (before clipping)", title=f"{part}: gradient norm")
         right.set_yscale("log")
+        if part == "exploding":  # a loss in the millions beside one near 2
+            left.set_yscale("log")
         for ax in (left, right):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
@@ -435,7 +442,12 @@ def report(path: Path, s: Settings, summary: dict) -> None:
         lines.append("")
     if "warmup" in summary:
         lines += [f"## Warmup: {s.warmup_layers} layers, AdamW lr {s.warmup_lr}, {s.warmup_train_steps} steps", ""]
-        rows(summary["warmup"], {"no_warmup": "no warmup", "warmup": f"{s.warmup} warmup steps"})
+        w = summary["warmup"]
+        rows(w, {"no_warmup": "no warmup", "warmup": f"{s.warmup} warmup steps"})
+        if w["warmup_steps_to_no_warmup_final_loss"] is not None:
+            lines += [f"With warmup the validation loss reached {w['no_warmup']['final_loss']:.3f}, where the run "
+                      f"without warmup ended at step {s.warmup_train_steps}, by step "
+                      f"{w['warmup_steps_to_no_warmup_final_loss']}.", ""]  # fmt: skip
     if "memory" in summary:
         m = summary["memory"]
         lines += [f"## Memory: one step of batch {m['batch_size']} x {m['seq_len']} tokens, "
