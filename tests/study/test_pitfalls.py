@@ -134,6 +134,8 @@ def test_bad_settings_are_named(tmp_path):
         run_study("pitfalls", ["explode_lr=fast"], tmp_path, log=quiet)
     with pytest.raises(ValueError, match="parts"):
         run_study("pitfalls", ["parts=[exploding,oom]"], tmp_path, log=quiet)
+    with pytest.raises(ValueError, match="warmup"):
+        run_study("pitfalls", ["warmup=0"], tmp_path, log=quiet)
     with pytest.raises(ValueError, match="memory_micro_batch_size"):
         run_study("pitfalls", ["parts=[memory]", "memory_batch_size=8", "memory_micro_batch_size=3"], tmp_path)
 

@@ -103,6 +103,8 @@ def _check(s: Settings) -> None:
             f"memory_micro_batch_size: {s.memory_micro_batch_size} does not divide "
             f"memory_batch_size={s.memory_batch_size}"
         )
+    if s.warmup < 1:
+        raise ValueError(f"warmup: the warmup arm needs at least 1 warmup step, got {s.warmup}")
     if s.warmup_train_steps < s.warmup:
         raise ValueError(f"warmup: {s.warmup} warmup steps are more than warmup_train_steps={s.warmup_train_steps}")
 
@@ -178,7 +180,7 @@ def run(s: Settings, out: Path, log) -> dict:
         # How much sooner: the step at which the warmup run first reached the loss the run without
         # warmup ended on.
         target = part["no_warmup"]["final_loss"]
-        reached = [step for step, v in part["warmup"]["loss"].items() if v is not None and v <= target]
+        reached = [step for step, v in part["warmup"]["loss"].items() if None not in (v, target) and v <= target]
         part["warmup_steps_to_no_warmup_final_loss"] = reached[0] if reached else None
         summary["warmup"] = part
 
