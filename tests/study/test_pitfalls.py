@@ -86,6 +86,13 @@ def test_exploding_gradients_are_fixed_by_clipping(small_run):
 def test_gradients_vanish_without_residuals(small_run):
     v = small_run[0]["vanishing"]
     assert len(v["residual"]["layer_grad_norm_final"]) == 6
+    report = v["no_residual"]["layer_grad_norm_report"].splitlines()  # the last step's, one line per layer
+    assert [line.split()[0] for line in report if line.split()[0].startswith("layers.")] == [
+        f"layers.{i}" for i in range(6)
+    ]
+    assert float(report[[line.split()[0] for line in report].index("layers.0")].split()[1]) == pytest.approx(
+        v["no_residual"]["layer_grad_norm_final"][0], rel=1e-3
+    )
     assert v["no_residual"]["first_over_last_final"] < 1e-2
     assert v["residual"]["first_over_last_final"] > 0.5
     # At initialisation the norms keep both stacks' gradients of one size: the collapse comes with training.

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 import zoo
+from zoo.debug import layer_grad_norm_report
 from zoo.info import training_memory
 from zoo.study import register
 from zoo.study.common import (
@@ -148,15 +149,17 @@ def run(s: Settings, out: Path, log) -> dict:
         part = {}
         for residual in (True, False):
             arm = f"vanishing: {'with' if residual else 'without'} residual"
+            model = gpt(s.vanish_layers, residual=residual)
             r = train(
-                gpt(s.vanish_layers, residual=residual), batches(), s.vanish_steps, s.vanish_lr,
-                warmup=s.vanish_warmup, log_every=s.log_every, evaluate=evaluate,
-                inspect=lambda m, step: {"layer_grad_norm": layer_norms_only(m)},
+                model, batches(), s.vanish_steps, s.vanish_lr, warmup=s.vanish_warmup, log_every=s.log_every,
+                evaluate=evaluate, inspect=lambda m, step: {"layer_grad_norm": layer_norms_only(m)},
             )  # fmt: skip
             runs[arm] = r
             init, last = r.rows[0]["layer_grad_norm"], r.rows[-1]["layer_grad_norm"]
             part["residual" if residual else "no_residual"] = {
                 **_summary(r, "val_loss"),
+                # The last step's gradients are still on the model (the loop ends after backward).
+                "layer_grad_norm_report": layer_grad_norm_report(model),
                 "layer_grad_norm_init": init,
                 "layer_grad_norm_final": last,
                 "first_over_last_init": init[0] / init[-1],
@@ -442,6 +445,9 @@ def report(path: Path, s: Settings, summary: dict) -> None:
         for key, label in (("residual", "with residual"), ("no_residual", "without residual")):
             lines.append(f"| {label} | {v[key]['first_over_last_init']:.3g} | {v[key]['first_over_last_final']:.3g} |")
         lines.append("")
+        for key, label in (("residual", "with residual"), ("no_residual", "without residual")):
+            lines += [f"`zoo.debug.layer_grad_norm_report` at step {v[key]['steps_run']}, {label}:", "", "```",
+                      v[key]["layer_grad_norm_report"], "```", ""]  # fmt: skip
     if "warmup" in summary:
         lines += [f"## Warmup: {s.warmup_layers} layers, AdamW lr {s.warmup_lr}, {s.warmup_train_steps} steps", ""]
         w = summary["warmup"]
