@@ -17,6 +17,9 @@ class TransformerLayer(nn.Module):
         prenorm: True for pre-LN (``x + f(norm(x))``, GPT-2 and later), False for post-LN
             (``norm(x + f(x))``, the original Transformer and BERT).
         dropout: residual dropout on each sub-layer's output.
+        residual: False drops the skip connections (the sub-layer's output replaces x, the norm
+            stays where ``prenorm`` puts it): no transformer trains this way at depth; it is the
+            switch that shows why (vanishing gradients, docs/debugging.md).
     """
 
     def __init__(
@@ -29,19 +32,21 @@ class TransformerLayer(nn.Module):
         norm_cross: nn.Module | None = None,
         prenorm: bool = True,
         dropout: float = 0.0,
+        residual: bool = True,
     ):
         super().__init__()
         if (cross_attn is None) != (norm_cross is None):
             raise ValueError("norm_cross: cross_attn and norm_cross come together")
         self.attn, self.mlp, self.norm1, self.norm2 = attn, mlp, norm1, norm2
         self.cross_attn, self.norm_cross = cross_attn, norm_cross
-        self.prenorm = prenorm
+        self.prenorm, self.residual = prenorm, residual
         self.dropout = nn.Dropout(dropout)
 
     def _sublayer(self, x: torch.Tensor, norm: nn.Module, fn) -> torch.Tensor:
+        skip = x if self.residual else 0
         if self.prenorm:
-            return x + self.dropout(fn(norm(x)))
-        return norm(x + self.dropout(fn(x)))
+            return skip + self.dropout(fn(norm(x)))
+        return norm(skip + self.dropout(fn(x)))
 
     def forward(
         self,

@@ -120,9 +120,11 @@ def train(
     log_every: int = 10,
     evaluate: Callable[[nn.Module], dict] | None = None,
     inspect: Callable[[nn.Module, int], dict] | None = None,
+    sgd_momentum: float | None = None,
 ) -> Run:
-    """Train with AdamW; log loss, learning rate and gradient norm every ``log_every`` steps
-    (plus ``inspect(model, step)`` after backward, ``evaluate(model)`` at log steps).
+    """Train with AdamW (or SGD with momentum ``sgd_momentum``, when given); log loss, learning
+    rate and gradient norm every ``log_every`` steps (plus ``inspect(model, step)`` after
+    backward, ``evaluate(model)`` at log steps).
 
     A run whose loss turns NaN/Inf, or climbs past 1.5x its first loss after the first tenth
     of training, is marked diverged and stopped: the rest of its curve would only be noise.
@@ -133,14 +135,19 @@ def train(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _train(model, next_batch, steps, lr, warmup, schedule, grad_clip, log_every, evaluate, inspect)
+        return _train(
+            model, next_batch, steps, lr, warmup, schedule, grad_clip, log_every, evaluate, inspect, sgd_momentum
+        )
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(model, next_batch, steps, lr, warmup, schedule, grad_clip, log_every, evaluate, inspect) -> Run:
+def _train(model, next_batch, steps, lr, warmup, schedule, grad_clip, log_every, evaluate, inspect, momentum) -> Run:
     model.train()
-    opt = build_optimizer(model, lr=lr, weight_decay=0.0)
+    if momentum is None:
+        opt = build_optimizer(model, lr=lr, weight_decay=0.0)
+    else:  # SGD's step is the gradient itself: what clipping bounds (Adam normalises it already)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     sched = build_scheduler(opt, total=steps, warmup=warmup, schedule=schedule, min_ratio=0.1)
     rows, first, diverged, start = [], None, False, time.perf_counter()
     for step in range(steps + 1):

@@ -48,7 +48,7 @@ class Settings:
         log_every: steps between logged rows.
     """
 
-    depths: list[int] = field(default_factory=lambda: [6, 24])
+    depths: list[int] = field(default_factory=lambda: [6, 12])
     d_model: int = 64
     n_heads: int = 4
     steps: int = 300

@@ -33,6 +33,9 @@ class GPTConfig(Config):
     window_layers: tuple[int, ...] | None = None
     prenorm: bool = True  # False: post-LN, norm(x + f(x)), as GPT-1 (and the original Transformer)
     final_norm: bool = True  # a norm after the last layer (GPT-2 added it; GPT-1 has none)
+    # False: no skip connections (x = f(norm(x)) pre-LN, norm(f(x)) post-LN); no GPT has this, it
+    # is the switch that shows what the residual stream is for (docs/debugging.md)
+    residual: bool = True
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -47,6 +50,8 @@ class GPTConfig(Config):
         self._choice("mlp", MLP_KINDS)
         self._choice("position", ("learned", "rope", "sinusoidal", "none"))
         self._fraction("dropout")
+        if not isinstance(self.residual, bool):
+            raise ConfigError(f"residual: expected true or false, got {self.residual!r}")
         if self.window_layers is not None:
             # A saved config comes back from JSON as a list; the frozen config keeps a hashable tuple.
             object.__setattr__(self, "window_layers", tuple(self.window_layers))

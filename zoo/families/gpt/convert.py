@@ -113,6 +113,7 @@ def config_to_hf(c: GPTConfig, task: str) -> dict:
         "n_kv_heads": c.n_kv_heads not in (None, c.n_heads),
         "bias": not c.bias,
         "sliding_window": c.sliding_window is not None,
+        "residual": not c.residual,
     }
     summary = {**_SUMMARY, "summary_first_dropout": c.dropout} if task == "double_heads" else {}
     if _is_gpt1(c):

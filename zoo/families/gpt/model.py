@@ -40,6 +40,7 @@ class GPT(CausalLM):
                 norm2=make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias),
                 prenorm=c.prenorm,
                 dropout=c.dropout,
+                residual=c.residual,
             )
             for _ in range(c.n_layers)
         )
