@@ -49,9 +49,9 @@ def _info_model(name_or_path: str):
     """A registered name, or a checkpoint (directory, file, pkg://, Hub repo id), built on the
     meta device from its config alone where it can be (a single file is read whole)."""
     from zoo.hub import from_pretrained, read_architecture, resolve_checkpoint
-    from zoo.registry import VARIANTS, create_model
+    from zoo.registry import create_model, list_models
 
-    if name_or_path in VARIANTS:
+    if name_or_path in list_models():  # loads the families, which register the names
         with torch.device("meta"):  # shapes and counts only: no memory, even for 47B parameters
             return create_model(name_or_path)
     try:
