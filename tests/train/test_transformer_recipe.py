@@ -69,7 +69,7 @@ def test_inverse_sqrt_is_the_papers_schedule():
 
 
 def test_translation_data_needs_an_encoder_decoder(tmp_path):
-    recipe = load_recipe(ROOT / "recipes" / "transformer-numbers.yaml",
-                         [f"out_dir={tmp_path}", "model.name=gpt2-tiny", "data.n_pairs=20", "data.max_number=99"])  # fmt: skip
+    overrides = [f"out_dir={tmp_path}", "model.name=gpt2-tiny", "data.n_pairs=20", "data.max_number=99"]
+    recipe = load_recipe(ROOT / "recipes" / "transformer-numbers.yaml", overrides)
     with pytest.raises(RecipeError, match=r"^data.format: translation data .* trains an encoder-decoder"):
         finetune(recipe, log=lambda *a: None)
