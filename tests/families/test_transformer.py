@@ -206,3 +206,29 @@ def test_paper_variants_have_table_3_shapes():
     # ~65M parameters in the paper's Table 3 with a 37000-token vocabulary shared three ways.
     n = zoo.create_model("transformer-base").num_parameters()
     assert 60e6 < n < 65e6, n
+
+
+def test_lora_by_module_name_and_activation_checkpointing():
+    """The shared names reach both stacks (``attn.q_proj`` is self-attention's, ``cross_attn.q_proj``
+    the decoder's cross-attention), and recomputing activations in backward gives the gradients of
+    storing them."""
+    from zoo.lora import apply_lora
+
+    ids, mask = sources(6)
+    labels = torch.randint(1, PAD, (3, 5), generator=torch.Generator().manual_seed(7))
+    model = randomize_(zoo.create_model("transformer-tiny"), std=0.3).train()
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same dropout masks in both runs
+        model.zero_grad()
+        model.set_gradient_checkpointing(checkpointing)(ids, mask, labels=labels).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5, msg=name)
+    adapted = apply_lora(model, ["attn.q_proj", "attn.v_proj", "cross_attn.q_proj"], r=2)
+    assert sum(n.startswith("encoder_layers.") for n in adapted) == 4  # 2 layers x (q, v)
+    assert sorted(n for n in adapted if n.startswith("decoder_layers.")) == [
+        "decoder_layers.0.attn.q_proj", "decoder_layers.0.attn.v_proj", "decoder_layers.0.cross_attn.q_proj",
+    ]  # fmt: skip
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora" in n for n in trainable)

@@ -8,16 +8,17 @@ from pathlib import Path
 import pytest
 
 import zoo
+from zoo.cli import main
 from zoo.train.config import RecipeError, load_recipe
 from zoo.train.data import number_word_pairs, train_word_tokenizer
 from zoo.train.optim import lr_factor
-from zoo.train.recipes import finetune
+from zoo.train.recipes import finetune, translate
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["train.progress=none", "train.tensorboard=false", "train.save_every=null", "train.eval_every=null"]
 
 
-def test_the_recipe_learns_to_translate(tmp_path):
+def test_the_recipe_learns_to_translate(tmp_path, capsys):
     recipe = load_recipe(
         ROOT / "recipes" / "transformer-numbers.yaml",
         [f"out_dir={tmp_path / 'run'}", *FAST, "data.n_pairs=400",
@@ -38,6 +39,9 @@ def test_the_recipe_learns_to_translate(tmp_path):
     tok = zoo.load_tokenizer(run / "model")
     assert model.config.pad_token_id == tok.pad_token_id == model.config.decoder_start_token_id
     assert model.config.eos_token_id == tok.eos_token_id
+    expected = translate(model, tok, ["twenty-one"], 12, num_beams=2)[0]
+    assert main(["generate", str(run), "--prompt", "twenty-one", "--max-new-tokens", "12", "--num-beams", "2"]) == 0
+    assert capsys.readouterr().out.strip() == expected  # the CLI translates as the recipe does
 
 
 def test_number_pairs_are_a_seeded_choice_of_distinct_numbers():
