@@ -78,6 +78,15 @@ class Tiny(Seq2SeqLM):
         return None if self.dec_rel is None else self.dec_rel(q_idx, k_idx)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: a second thread costs more to wake than it saves (tests/generation does the same)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny(relative: bool = False, seed: int = 0) -> Tiny:
     torch.manual_seed(seed)
     return randomize_(Tiny(TinyConfig(relative=relative)), seed=seed, std=0.3)

@@ -204,7 +204,8 @@ def test_paper_variants_have_table_3_shapes():
     assert (big.n_layers, big.d_model, big.d_ff, big.n_heads, big.dropout) == (6, 1024, 4096, 16, 0.3)
     assert base.sinusoid_layout == "interleaved" and base.mlp == "relu" and base.scale_embedding
     # ~65M parameters in the paper's Table 3 with a 37000-token vocabulary shared three ways.
-    n = zoo.create_model("transformer-base").num_parameters()
+    with torch.device("meta"):  # counts only
+        n = zoo.create_model("transformer-base").num_parameters()
     assert 60e6 < n < 65e6, n
 
 
