@@ -31,6 +31,12 @@ def config_from_hf(hf: dict) -> TransformerConfig:
                 f"{key}: the Marian checkpoint sets {key}={hf[key]!r}; zoo's Transformer shares one "
                 f"embedding between source, target and output and supports only {want!r}"
             )
+    # Keys older opus-mt config.json files still carry from BART's config: only Marian's values
+    # describe this architecture (post-LN, no embedding norm, static sinusoids).
+    for key, want in (("normalize_before", False), ("normalize_embedding", False), ("add_final_layer_norm", False),
+                      ("add_bias_logits", False), ("static_position_embeddings", True)):  # fmt: skip
+        if key in hf and hf[key] != want:
+            raise ConfigError(f"{key}: the Marian checkpoint sets {key}={hf[key]!r}; zoo's Transformer is {want!r}")
     d_ff, decoder_d_ff = hf["encoder_ffn_dim"], hf["decoder_ffn_dim"]
     heads, decoder_heads = hf["encoder_attention_heads"], hf["decoder_attention_heads"]
     layers, decoder_layers = hf["encoder_layers"], hf["decoder_layers"]
