@@ -10,9 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.blocks.layers import run_layers
-from zoo.blocks.masks import attention_mask as build_mask
 from zoo.modeling import ZooModel
+from zoo.preamble import prepare, run_stack
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
@@ -76,6 +75,11 @@ class Encoder(ZooModel):
     layers: nn.ModuleList
     norm: nn.Module
 
+    def attention_bias(self, q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor | None:
+        """An additive bias on every layer's attention scores, (1 or B, n_heads, T, S) from the
+        queries' and keys' sequence indices (relative buckets); none by default."""
+        return None
+
     def encode(
         self, x: torch.Tensor, key_valid: torch.Tensor | None = None, output_hidden_states: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
@@ -89,9 +93,13 @@ class Encoder(ZooModel):
         Returns:
             The final hidden states (B, T, d_model), after ``norm``, and the hidden states (or None).
         """
-        idx = torch.arange(x.shape[1], device=x.device)
-        mask = build_mask(idx, idx, key_valid, causal=False)
-        states: list[torch.Tensor] | None = [] if output_hidden_states else None
-        x = run_layers(self.layers, x, checkpointing=self.gradient_checkpointing, states=states, mask=mask)
-        x = self.norm(x)
-        return x, ((*states, x) if states is not None else None)
+        prep = prepare(None, shape=tuple(x.shape[:2]), device=x.device, attention_mask=key_valid)
+        return run_stack(
+            self.layers,
+            self.norm,
+            x,
+            checkpointing=self.gradient_checkpointing,
+            output_hidden_states=output_hidden_states,
+            bias=prep.bias(self.attention_bias),
+            **prep.mask_kwargs(causal=False),
+        )

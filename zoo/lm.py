@@ -13,11 +13,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from zoo.blocks.cache import KVCache
-from zoo.blocks.embeddings import check_token_ids
-from zoo.blocks.layers import run_layers
-from zoo.blocks.masks import attention_mask as build_mask
 from zoo.modeling import ZooModel
 from zoo.outputs import ModelOutput
+from zoo.preamble import positions_from_mask, prepare, run_stack
+
+__all__ = ["CausalLM", "init_weights", "lm_loss", "positions_from_mask"]
 
 
 def init_weights(model: nn.Module, std: float, n_layers: int) -> None:
@@ -32,13 +32,6 @@ def init_weights(model: nn.Module, std: float, n_layers: int) -> None:
             nn.init.zeros_(p)
         else:
             nn.init.ones_(p)
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip padding: (B, S) 1/0 mask -> (B, S), padding slots at 0.
-
-    Left-padded rows then give their real tokens the same positions as unpadded rows."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -67,6 +60,28 @@ class CausalLM(ZooModel):
         from zoo.generation import generate
 
         return generate(self, input_ids, attention_mask, **options)
+
+    def generation_defaults(self) -> dict:
+        """Options ``generate`` takes from the model unless given: none for a causal LM."""
+        return {}
+
+    def start_decoding(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 1,
+        use_cache: bool = True,
+    ):
+        """The decoding state generation talks to (``zoo.generation.Decoder``): the prompt, its
+        mask and a KV cache sized for ``max_new_tokens`` more tokens."""
+        from zoo.generation.state import Decoder
+
+        return Decoder(self, input_ids, attention_mask, max_new_tokens, use_cache)
+
+    def attention_bias(self, q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor | None:
+        """An additive bias on every layer's attention scores, (1 or B, n_heads, T, S) from the
+        queries' and keys' sequence indices (ALiBi, relative buckets); none by default."""
+        return None
 
     def layer_windows(self) -> list[int | None]:
         """Each layer's sliding window (None: the whole context); by default the config's, for every layer."""
@@ -112,54 +127,34 @@ class CausalLM(ZooModel):
             logits_to_keep: if > 0, compute logits for the last this many positions only
                 (generation needs the last one; the vocab projection is the largest matmul).
         """
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids: expected shape (batch, seq), got {tuple(input_ids.shape)}")
-        check_token_ids(input_ids, self.config.vocab_size)
-        B, T = input_ids.shape
-        past = cache.length if cache is not None else 0
-        if past + T > self.config.max_seq_len:
-            raise ValueError(
-                f"max_seq_len: {past + T} tokens is longer than the model's max_seq_len={self.config.max_seq_len}"
-            )
-        new_valid = None
-        if attention_mask is not None:
-            if attention_mask.shape != (B, past + T):
-                raise ValueError(
-                    f"attention_mask: expected shape {(B, past + T)} (past + new tokens), "
-                    f"got {tuple(attention_mask.shape)}"
-                )
-            new_valid = attention_mask[:, past:].bool()
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = positions_from_mask(attention_mask)[:, past:]
-            else:
-                position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
-        if cache is None:
-            idx = torch.arange(T, device=input_ids.device)
-            q_idx, k_idx, key_valid = idx, idx, new_valid
-        else:
-            q_idx, k_idx, key_valid = cache.advance(T, new_valid)
-        windows = self.layer_windows()
-        # One mask per distinct window (two at most for dense + banded layers), not one per layer.
-        masks = {w: build_mask(q_idx, k_idx, key_valid, causal=True, window=w) for w in set(windows)}
-        mask_kwargs = {"mask": masks[windows[0]]} if len(masks) == 1 else {"masks": [masks[w] for w in windows]}
+        prep = prepare(
+            input_ids,
+            vocab_size=self.config.vocab_size,
+            max_seq_len=self.config.max_seq_len,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            count_positions=positions_from_mask,
+        )
+        position_ids, past = prep.position_ids, prep.past
+        mask_kwargs = prep.mask_kwargs(causal=True, windows=self.layer_windows())
 
         x = self.embed(input_ids)  # (B, T, d_model)
         if self.pos is not None:
             x = x + self.pos(position_ids)
         x = self.drop(x)
         rope = self.rope(position_ids) if self.rope is not None else None
-        states: list[torch.Tensor] | None = [] if output_hidden_states else None
-        x = run_layers(
+        x, states = run_stack(
             self.layers,
+            self.norm,
             x,
             checkpointing=self.gradient_checkpointing,
-            states=states,
+            output_hidden_states=output_hidden_states,
             rope=rope,
             cache=cache,
+            bias=prep.bias(self.attention_bias),
             **mask_kwargs,
         )
-        x = self.norm(x)
         h = x[:, -logits_to_keep:] if logits_to_keep > 0 else x
         logits = self.lm_head(h) if self.lm_head is not None else F.linear(h, self.embed.weight)  # (B, T, vocab)
 
@@ -175,6 +170,6 @@ class CausalLM(ZooModel):
             loss=loss,
             aux_loss=aux,
             last_hidden_state=x,
-            hidden_states=(*tuple(states), x) if states is not None else None,
+            hidden_states=states,
             cache=cache,
         )

@@ -20,6 +20,8 @@ class ModelOutput:
             (B, n_heads, T, S), in call order (see ``zoo.modeling``).
         cross_attentions: the same for cross-attention layers (encoder-decoders).
         cache: the KV cache, updated, when one was passed in.
+        encoder_last_hidden_state: (B, S, d_model) the encoder's output (encoder-decoders).
+        encoder_hidden_states: each encoder layer's input, then its output, when asked for.
         mc_logits: (B, n_choices) multiple-choice scores (GPT-1's double-heads model).
         mc_loss: the multiple-choice cross-entropy, when its labels were given (also in ``loss``).
     """
@@ -33,5 +35,7 @@ class ModelOutput:
     attentions: tuple[torch.Tensor, ...] | None = None
     cross_attentions: tuple[torch.Tensor, ...] | None = None
     cache: object | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
     mc_logits: torch.Tensor | None = None
     mc_loss: torch.Tensor | None = None

@@ -348,3 +348,34 @@ def causal_lm_parity(reference: str, auto_class: str, reference_kwargs: dict | N
         return outputs
 
     return ParitySpec(strict_transformers_loader(auto_class), padded_token_batch, run_zoo, run_reference, _real_tokens)
+
+
+def seq2seq_token_batch(model: nn.Module, generator: torch.Generator, batch: int = 3, length: int = 11) -> dict:
+    """Sources of three rows (unpadded, right-padded, left-padded) and random decoder inputs of
+    another length, starting with the decoder start token: an encoder-decoder's parity batch."""
+    config = model.config
+    src = padded_token_batch(model, generator, batch, length)
+    if batch > 2:  # padded_token_batch pads row 1 on the left and row 2 on the right: swap sides
+        src["attention_mask"] = src["attention_mask"][[0, 2, 1]]
+    tgt_len = max(2, length * 2 // 3)
+    if config.max_seq_len is not None:
+        tgt_len = min(tgt_len, config.max_seq_len)
+    decoder_input_ids = torch.randint(0, config.vocab_size, (batch, tgt_len), generator=generator)
+    decoder_input_ids[:, 0] = config.decoder_start_token_id
+    return {**src, "decoder_input_ids": decoder_input_ids}
+
+
+def seq2seq_lm_parity(auto_class: str) -> ParitySpec:
+    """Parity hooks for an encoder-decoder (``zoo.seq2seq.Seq2SeqLM``) whose reference is a
+    transformers Auto class (``AutoModelForSeq2SeqLM``): the decoder's logits and the encoder's
+    output on ``seq2seq_token_batch``."""
+
+    def run_zoo(model, inputs):
+        out = model(**inputs)
+        return {"logits": out.logits, "encoder_last_hidden_state": out.encoder_last_hidden_state}
+
+    def run_reference(model, inputs):
+        out = model(**inputs)
+        return {"logits": out.logits, "encoder_last_hidden_state": out.encoder_last_hidden_state}
+
+    return ParitySpec(strict_transformers_loader(auto_class), seq2seq_token_batch, run_zoo, run_reference)

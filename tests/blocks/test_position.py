@@ -148,3 +148,33 @@ def test_timing_signal_is_whispers_sin_cos_halves(d_model):
     table = timing_signal(1500, d_model)
     torch.testing.assert_close(table, sinusoids(1500, d_model), atol=1e-6, rtol=0)
     assert not torch.allclose(table, sinusoidal_table(1500, d_model), atol=1e-2)  # not the interleaved table
+
+
+def test_learned_positions_offset_reads_past_the_first_rows():
+    """BART's table has max_seq_len + 2 rows and position p reads row p + 2."""
+    pos = LearnedPositions(8, 4, offset=2)
+    assert pos.weight.shape == (10, 4)
+    torch.testing.assert_close(pos(torch.tensor([[0, 7]])), pos.weight[[2, 9]][None], atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"^max_seq_len: position 8 is past the model's 8 learned positions"):
+        pos(torch.arange(9))
+
+
+@pytest.mark.parametrize("d_model", [16, 10])
+def test_sinusoidal_halves_are_marians_table(d_model):
+    """[sin | cos] with the paper's frequencies, exactly transformers' MarianSinusoidalPositionalEmbedding
+    (its table is numpy float64, cast; ours is computed in float64 too)."""
+    from transformers.models.marian.modeling_marian import MarianSinusoidalPositionalEmbedding
+
+    from zoo.blocks import SinusoidalPositions
+
+    ref = MarianSinusoidalPositionalEmbedding(512, d_model)
+    table = SinusoidalPositions(512, d_model, layout="halves").table
+    torch.testing.assert_close(table, ref.create_weight(), atol=0, rtol=0)
+    interleaved = sinusoidal_table(512, d_model)
+    half = d_model // 2
+    torch.testing.assert_close(table[:, :half], interleaved[:, 0::2], atol=0, rtol=0)  # same angles, other places
+    torch.testing.assert_close(table[:, half:], interleaved[:, 1::2], atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"^layout: unknown sinusoid layout 'stacked'"):
+        SinusoidalPositions(8, d_model, layout="stacked")
+    with pytest.raises(ValueError, match=r"^max_seq_len: position 512 is past the model's 512 sinusoidal"):
+        SinusoidalPositions(512, d_model)(torch.tensor([512]))

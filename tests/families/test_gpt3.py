@@ -94,8 +94,8 @@ def test_each_layer_runs_with_its_own_mask():
 
 def test_at_most_two_masks_per_forward(monkeypatch):
     built = []
-    real = zoo.lm.build_mask
-    monkeypatch.setattr(zoo.lm, "build_mask", lambda *a, **k: built.append(k["window"]) or real(*a, **k))
+    real = zoo.preamble.build_mask  # the shared forward preamble builds every base's masks
+    monkeypatch.setattr(zoo.preamble, "build_mask", lambda *a, **k: built.append(k["window"]) or real(*a, **k))
     model = _tiny(window_layers=(1, 3))
     with torch.no_grad():
         model(torch.zeros(1, 10, dtype=torch.long))

@@ -1,7 +1,7 @@
 """The shared block library. No family name appears in here: blocks take explicit arguments."""
 
 from zoo.blocks.attention import Attention
-from zoo.blocks.cache import KVCache
+from zoo.blocks.cache import ContextCache, KVCache
 from zoo.blocks.embeddings import PatchEmbedding, PatchTokens, check_token_ids, embedding_tables
 from zoo.blocks.heads import FirstTokenPooler
 from zoo.blocks.layers import TransformerLayer, run_layers
@@ -10,6 +10,7 @@ from zoo.blocks.mlp import MLP, get_activation, make_mlp
 from zoo.blocks.moe import MoE, load_balancing_loss, router_z_loss
 from zoo.blocks.norms import RMSNorm, make_norm
 from zoo.blocks.position import (
+    SINUSOID_LAYOUTS,
     LearnedPositions,
     RelativePositionBias,
     RotaryEmbedding,
@@ -22,7 +23,9 @@ from zoo.blocks.position import (
 
 __all__ = [
     "MLP",
+    "SINUSOID_LAYOUTS",
     "Attention",
+    "ContextCache",
     "FirstTokenPooler",
     "KVCache",
     "LearnedPositions",

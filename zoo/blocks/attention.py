@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.blocks.cache import KVCache
+from zoo.blocks.cache import ContextCache, KVCache
 from zoo.blocks.position import apply_rope
 
 BACKENDS = ("sdpa", "eager")
@@ -105,6 +105,7 @@ class Attention(nn.Module):
         bias: torch.Tensor | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
+        context_cache: ContextCache | None = None,
         layer_idx: int = 0,
     ) -> torch.Tensor:
         """Attend from x (B, T, d_model) to itself, or to ``context`` (B, S, kv_dim).
@@ -115,17 +116,27 @@ class Attention(nn.Module):
             bias: additive float scores, broadcastable to (B, H, T, S) (relative positions, ALiBi).
             rope: (cos, sin) from ``RotaryEmbedding``, applied to queries and keys.
             cache: a KVCache; this layer's keys/values are appended and all are attended.
-            layer_idx: which of the cache's layers this is.
+            context_cache: cross-attention only: the context's keys and values, projected on the
+                first call and reused after (``context`` is then not read again).
+            layer_idx: which of the caches' layers this is.
         """
         B, T, _ = x.shape
-        source = x if context is None else context
-        if self.qkv_proj is not None and context is None:
-            q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        if context_cache is not None and context is None:
+            raise ValueError("context_cache: only cross-attention (with a context) has a context cache")
+        if context_cache is not None and context_cache.filled(layer_idx):
+            q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, hd)
+            k, v = context_cache.get(layer_idx)  # (B, Hkv, S, hd) each
         else:
-            q, k, v = self.q_proj(x), self.k_proj(source), self.v_proj(source)
-        q = self._heads(q, self.n_heads)  # (B, H, T, hd)
-        k = self._heads(k, self.n_kv_heads)  # (B, Hkv, S, hd)
-        v = self._heads(v, self.n_kv_heads)  # (B, Hkv, S, hd)
+            source = x if context is None else context
+            if self.qkv_proj is not None and context is None:
+                q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+            else:
+                q, k, v = self.q_proj(x), self.k_proj(source), self.v_proj(source)
+            q = self._heads(q, self.n_heads)  # (B, H, T, hd)
+            k = self._heads(k, self.n_kv_heads)  # (B, Hkv, S, hd)
+            v = self._heads(v, self.n_kv_heads)  # (B, Hkv, S, hd)
+            if context_cache is not None:
+                context_cache.store(layer_idx, k, v)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:

@@ -1,8 +1,10 @@
-"""Key/value caches for incremental decoding: a preallocated static cache and a rolling window.
+"""Key/value caches for incremental decoding: a preallocated static cache, a rolling window, and
+the cross-attention cache of an encoder-decoder.
 
 A cache belongs to one model call sequence. ``advance`` registers the new tokens once per
 forward and returns the key layout every layer will see; each attention layer then calls
-``update`` with its own keys and values.
+``update`` with its own keys and values. ``ContextCache`` is different in kind: it holds keys and
+values of a fixed context (the encoder's output), projected once and read at every step.
 """
 
 import torch
@@ -106,3 +108,42 @@ class KVCache:
 
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+
+class ContextCache:
+    """Keys and values of cross-attention over a fixed context (an encoder's output), per layer.
+
+    Filled by each cross-attention layer on its first call (``store``) and read, unprojected, on
+    every later call (``get``): the encoder's keys and values are projected once per generate
+    call instead of once per step. Kept apart from the self-attention ``KVCache``, which grows
+    each step; beam search reorders both (``reorder``).
+
+    Args:
+        n_layers: number of cross-attention layers.
+    """
+
+    def __init__(self, n_layers: int):
+        self.n_layers = n_layers
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    def filled(self, layer: int) -> bool:
+        return self.keys[layer] is not None
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keep ``layer``'s context keys and values (B, H, S, D)."""
+        self.keys[layer], self.values[layer] = k, v
+
+    def get(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``layer``'s keys and values (B, H, S, D), as stored."""
+        if self.keys[layer] is None:
+            raise ValueError(f"cache: cross-attention layer {layer} has no stored keys yet")
+        return self.keys[layer], self.values[layer]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Select batch rows (beam search), as ``KVCache.reorder``."""
+        self.keys = [None if k is None else k.index_select(0, rows) for k in self.keys]
+        self.values = [None if v is None else v.index_select(0, rows) for v in self.values]
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)

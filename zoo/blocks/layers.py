@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from zoo.blocks.cache import ContextCache
+
 
 class TransformerLayer(nn.Module):
     """One transformer layer built from given submodules.
@@ -60,8 +62,12 @@ class TransformerLayer(nn.Module):
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
         context_bias: torch.Tensor | None = None,
+        context_cache: ContextCache | None = None,
     ) -> torch.Tensor:
-        """x (B, T, d_model) -> (B, T, d_model). Keyword arguments go to the attention modules."""
+        """x (B, T, d_model) -> (B, T, d_model). Keyword arguments go to the attention modules:
+        ``mask``, ``bias``, ``rope``, ``cache`` to self-attention; ``context`` (the encoder output),
+        ``context_mask``, ``context_bias`` and ``context_cache`` (its keys and values, projected
+        once: ``zoo.blocks.ContextCache``) to cross-attention."""
         x = self._sublayer(
             x, self.norm1, lambda h: self.attn(h, mask=mask, bias=bias, rope=rope, cache=cache, layer_idx=layer_idx)
         )
@@ -69,7 +75,16 @@ class TransformerLayer(nn.Module):
             if context is None:
                 raise ValueError("context: this layer has cross-attention and needs the encoder output")
             x = self._sublayer(
-                x, self.norm_cross, lambda h: self.cross_attn(h, context=context, mask=context_mask, bias=context_bias)
+                x,
+                self.norm_cross,
+                lambda h: self.cross_attn(
+                    h,
+                    context=context,
+                    mask=context_mask,
+                    bias=context_bias,
+                    context_cache=context_cache,
+                    layer_idx=layer_idx,
+                ),
             )
         return self._sublayer(x, self.norm2, self.mlp)
 

@@ -8,17 +8,21 @@ from torch.nn import functional as F
 
 
 class LearnedPositions(nn.Module):
-    """A learned absolute position table (GPT-2, BERT, ViT).
+    """A learned absolute position table (GPT-2, BERT, ViT, BART).
 
     Args:
-        max_seq_len: number of positions the table holds.
+        max_seq_len: number of positions the table serves.
         d_model: embedding width.
+        offset: rows before position 0: the table has ``max_seq_len + offset`` rows and position
+            p reads row p + offset (BART's 2, a leftover of fairseq's padding-aware positions).
     """
 
-    def __init__(self, max_seq_len: int, d_model: int):
+    def __init__(self, max_seq_len: int, d_model: int, offset: int = 0):
         super().__init__()
-        self.max_seq_len = max_seq_len
-        self.weight = nn.Parameter(torch.zeros(max_seq_len, d_model))
+        if offset < 0:
+            raise ValueError(f"offset: must be >= 0, got {offset}")
+        self.max_seq_len, self.offset = max_seq_len, offset
+        self.weight = nn.Parameter(torch.zeros(max_seq_len + offset, d_model))
         nn.init.normal_(self.weight, std=0.02)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
@@ -29,7 +33,7 @@ class LearnedPositions(nn.Module):
                 f"max_seq_len: position {int(positions.max())} is past the model's {self.max_seq_len} "
                 "learned positions; shorten the input"
             )
-        return self.weight[positions]
+        return self.weight[positions + self.offset if self.offset else positions]
 
 
 def resize_position_grid(
@@ -62,17 +66,36 @@ def resize_position_grid(
     return grid.permute(0, 2, 3, 1).reshape(new_h * new_w, d_model).to(table.dtype)  # (new_h * new_w, d_model)
 
 
-def sinusoidal_table(max_seq_len: int, d_model: int, base: float = 10000.0) -> torch.Tensor:
-    """The fixed table of "Attention Is All You Need": sin on even, cos on odd channels.
+SINUSOID_LAYOUTS = ("interleaved", "halves")
 
-    Returns (max_seq_len, d_model).
+
+def sinusoidal_table(
+    max_seq_len: int, d_model: int, base: float = 10000.0, layout: str = "interleaved"
+) -> torch.Tensor:
+    """The fixed table of "Attention Is All You Need": angle pos / base^(2i / d_model) for the
+    i-th pair of channels, i = 0 .. ceil(d_model / 2) - 1.
+
+    Args:
+        layout: ``"interleaved"``: sin on even, cos on odd channels, as the paper writes it
+            (PE(pos, 2i) = sin, PE(pos, 2i+1) = cos). ``"halves"``: [sin | cos], all the sines
+            first, as transformers' MarianSinusoidalPositionalEmbedding stores it (with an odd
+            width the sines get the extra channel there too). Same frequencies either way.
+            tensor2tensor and fairseq also use halves, but with another frequency ladder (see
+            ``timing_signal``).
+
+    Returns (max_seq_len, d_model) float32, computed in float64 (Marian's table is numpy's).
     """
-    position = torch.arange(max_seq_len, dtype=torch.float32)[:, None]
-    div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(base) / d_model))
-    table = torch.zeros(max_seq_len, d_model)
-    table[:, 0::2] = torch.sin(position * div)
-    table[:, 1::2] = torch.cos(position * div[: d_model // 2])
-    return table
+    if layout not in SINUSOID_LAYOUTS:
+        raise ValueError(f"layout: unknown sinusoid layout {layout!r}; choose one of {', '.join(SINUSOID_LAYOUTS)}")
+    position = torch.arange(max_seq_len, dtype=torch.float64)[:, None]
+    freqs = base ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (ceil(d_model / 2),)
+    angles = position * freqs  # (max_seq_len, ceil(d_model / 2))
+    sin, cos = angles.sin(), angles[:, : d_model // 2].cos()
+    if layout == "halves":
+        return torch.cat([sin, cos], dim=1).float()
+    table = torch.zeros(max_seq_len, d_model, dtype=torch.float64)
+    table[:, 0::2], table[:, 1::2] = sin, cos
+    return table.float()
 
 
 def timing_signal(max_seq_len: int, d_model: int, max_timescale: float = 10000.0) -> torch.Tensor:
@@ -103,29 +126,37 @@ class SinusoidalPositions(nn.Module):
         rms: the table's root mean square. The paper adds entries in [-1, 1] to embeddings
             scaled up by sqrt(d_model); a model whose embeddings start small (GPT's std 0.02)
             scales the table down to match instead, or it drowns the tokens.
+        layout: ``"interleaved"`` (the paper) or ``"halves"`` ([sin | cos], Marian); see
+            ``sinusoidal_table``.
     """
 
-    def __init__(self, max_seq_len: int, d_model: int, rms: float | None = None):
+    def __init__(self, max_seq_len: int, d_model: int, rms: float | None = None, layout: str = "interleaved"):
         super().__init__()
-        self.max_seq_len, self.d_model, self.rms = max_seq_len, d_model, rms
+        self.max_seq_len, self.d_model, self.rms, self.layout = max_seq_len, d_model, rms, layout
         self.register_buffer("table", self._table(), persistent=False)
 
     def _table(self) -> torch.Tensor:
-        table = sinusoidal_table(self.max_seq_len, self.d_model)
+        table = sinusoidal_table(self.max_seq_len, self.d_model, layout=self.layout)
         if self.rms is not None:
             table = table * (self.rms / table.pow(2).mean().sqrt())
         return table
 
     def _apply(self, fn, recurse=True):
-        # `to_empty` after meta-device init (a sharded load) would leave garbage in this
-        # non-persistent buffer, which no checkpoint restores: recompute it there.
+        # The table is recomputed whenever the module is moved or cast, then given the new
+        # device and dtype: a cast to bf16 and back would otherwise leave it rounded, and
+        # `to_empty` after meta-device init would leave garbage in this non-persistent buffer,
+        # which no checkpoint restores.
         super()._apply(fn, recurse)
-        if self.table.device.type != "meta":
-            self.table = self._table().to(self.table.device, self.table.dtype)
+        self.table = self._table().to(device=self.table.device, dtype=self.table.dtype)
         return self
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """positions (B, T) or (T,) integers -> (..., T, d_model)."""
+        if positions.numel() and not positions.is_meta and int(positions.max()) >= self.max_seq_len:
+            raise ValueError(
+                f"max_seq_len: position {int(positions.max())} is past the model's {self.max_seq_len} "
+                "sinusoidal positions; shorten the input"
+            )
         return self.table[positions]
 
 
