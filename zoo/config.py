@@ -3,7 +3,7 @@
 import dataclasses
 import difflib
 import typing
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 
 class ConfigError(ValueError):
@@ -12,7 +12,17 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Every family's config derives from this. Subclasses validate in ``__post_init__``."""
+    """Every family's config derives from this. Subclasses validate in ``__post_init__``.
+
+    A field that defaults to None and is worked out from the others (LLaMA's ``head_dim``,
+    GPT's ``d_ff``) is filled in by ``_derive`` at construction, so the saved config states it;
+    ``replace`` derives it again when it is not overridden, so ``replace(n_heads=16)`` can never
+    leave a ``head_dim`` that belonged to the old ``n_heads``.
+    """
+
+    # A field a family renamed, old name -> new: a config saved under the old name still loads,
+    # and an override by the old name says what to write instead.
+    renamed_fields: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -22,6 +32,8 @@ class Config:
     def _check_keys(cls, keys, what: str) -> None:
         names = cls.field_names()
         for key in keys:
+            if key in cls.renamed_fields:
+                raise ConfigError(f"{key}: {cls.__name__} calls this field {cls.renamed_fields[key]!r} ({what})")
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else f"; fields are {', '.join(names)}"
@@ -31,7 +43,9 @@ class Config:
     def from_dict(cls, data: dict[str, Any]) -> Self:
         """The inverse of ``to_dict``: a field typed as another Config (a tower of a two-tower
         model) is rebuilt from its nested dict, and lists come back as tuples where the field
-        is a tuple, so a config survives JSON unchanged."""
+        is a tuple, so a config survives JSON unchanged. A field saved under its old name
+        (``renamed_fields``) is read under its new one."""
+        data = {cls.renamed_fields.get(key, key): value for key, value in data.items()}
         cls._check_keys(data, "from a saved config")
         hints = typing.get_type_hints(cls)
         values = {}
@@ -55,7 +69,20 @@ class Config:
             current = getattr(self, key)
             if isinstance(current, Config) and isinstance(value, dict):
                 overrides[key] = current.replace(**value)
+        for key in self.__dict__.get("_derived", ()):
+            overrides.setdefault(key, None)  # worked out again from the new values
         return dataclasses.replace(self, **overrides)
+
+    def _derive(self, name: str, value: Any) -> None:
+        """In ``__post_init__``: fill field ``name`` with ``value`` (worked out from the other
+        fields) when it was left None. A given value equal to ``value`` counts as derived too
+        (a saved config states its derived fields), so ``replace`` works it out again; a given
+        value that differs is the user's choice and is kept."""
+        current = getattr(self, name)
+        if current is not None and current != value:
+            return
+        object.__setattr__(self, name, value)
+        object.__setattr__(self, "_derived", (*self.__dict__.get("_derived", ()), name))
 
     # Validation helpers for __post_init__.
     def _positive(self, *names: str) -> None:

@@ -364,7 +364,7 @@ def _set_label_names(model: nn.Module, labels: list[str] | None, where: Path) ->
     """Class names of a classifier (``model.label_names``), checked against its head's size."""
     if not labels:
         return
-    n = next((getattr(model.config, f) for f in ("n_labels", "n_classes") if hasattr(model.config, f)), None)
+    n = getattr(model.config, "n_labels", None)
     if n is not None and len(labels) != n:
         raise CheckpointError(f"{where}: {len(labels)} label names for a head of {n} classes")
     model.label_names = list(labels)

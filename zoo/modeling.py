@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from zoo.blocks.attention import Attention
+from zoo.blocks.embeddings import embedding_tables
 from zoo.config import Config
 
 
@@ -28,11 +29,8 @@ class ZooModel(nn.Module):
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         params = {id(p): p for p in self.parameters()}
         if exclude_embeddings:
-            for module in self.modules():
-                if isinstance(module, nn.Embedding):
-                    params.pop(id(module.weight), None)
-                elif hasattr(module, "max_seq_len") and isinstance(getattr(module, "weight", None), nn.Parameter):
-                    params.pop(id(module.weight), None)  # learned position tables
+            for table in embedding_tables(self):
+                params.pop(id(table), None)
         return sum(p.numel() for p in params.values())
 
     def set_attention_backend(self, backend: str) -> "ZooModel":

@@ -10,7 +10,7 @@ class ModelOutput:
     """Fields a model does not produce stay None.
 
     Attributes:
-        logits: (B, T, vocab) for LMs, (B, n_classes) for classifiers.
+        logits: (B, T, vocab) for LMs, (B, n_labels) for classifiers.
         loss: scalar training loss when labels were given (aux losses included).
         aux_loss: mixture-of-experts balancing loss, before its coefficient.
         last_hidden_state: (B, T, d_model) after the final norm.

@@ -54,7 +54,7 @@ def test_labels_need_a_head():
         ({"image_size": 42}, "image_size"),
         ({"d_model": 50}, "d_model"),
         ({"pool": "max"}, "pool"),
-        ({"n_classes": -1}, "n_classes"),
+        ({"n_labels": -1}, "n_labels"),
         ({"layout": "keras"}, "layout"),
         ({"mlp": "swiglu"}, "mlp"),
     ],
@@ -65,9 +65,9 @@ def test_bad_config_names_the_field(overrides, field):
 
 
 def test_a_classifier_needs_classes():
-    with pytest.raises(ConfigError, match=r"^n_classes:"):
-        zoo.create_model("vit-test-tiny", n_classes=0)
-    assert zoo.create_model("vit-test-tiny", task="base", n_classes=0).pooler is None
+    with pytest.raises(ConfigError, match=r"^n_labels:"):
+        zoo.create_model("vit-test-tiny", n_labels=0)
+    assert zoo.create_model("vit-test-tiny", task="base", n_labels=0).pooler is None
 
 
 @pytest.mark.parametrize(

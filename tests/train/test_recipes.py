@@ -166,7 +166,7 @@ def test_whisper_digits_recipe_on_the_shipped_clips(tmp_path):
 def test_whisper_digits_recipe_puts_a_new_head_on_the_real_encoder(tmp_path):
     with pytest.warns(UserWarning, match="decoder"):
         prep = prepare(load_recipe(ROOT / "recipes" / "whisper-digits.yaml", [f"out_dir={tmp_path}"]))
-    assert prep.model.task == "audio_classification" and prep.model.config.n_classes == 10
+    assert prep.model.task == "audio_classification" and prep.model.config.n_labels == 10
     assert sorted(prep.new_weights) == ["classifier.bias", "classifier.weight", "projector.bias", "projector.weight"]
     assert len(prep.train) == 160 and len(prep.eval) == 10  # the real recordings are the held-out set
     assert prep.eval[0]["input_features"].shape == (80, 100)  # 1 s of frames

@@ -6,6 +6,17 @@ from torch import nn
 from zoo.blocks.position import LearnedPositions, resize_position_grid
 
 
+def embedding_tables(model: nn.Module) -> list[nn.Parameter]:
+    """The lookup tables in a model: token embeddings (``nn.Embedding``) and learned position
+    tables (``LearnedPositions``), each once. Parameter counts leave them out on request and
+    AdamW does not decay them: a row is only trained when its token or position occurs."""
+    tables = {}
+    for module in model.modules():
+        if isinstance(module, (nn.Embedding, LearnedPositions)):
+            tables[id(module.weight)] = module.weight
+    return list(tables.values())
+
+
 def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str = "input_ids", field: str = "vocab_size") -> None:
     """Raise a named error when an id falls outside [0, vocab_size), or ids are not integers."""
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:

@@ -126,7 +126,7 @@ class CausalLMTask:
 
 
 class ClassificationTask:
-    """One label per example (sequence or image classification); logits (B, n_classes)."""
+    """One label per example (sequence or image classification); logits (B, n_labels)."""
 
     name = "classification"
 

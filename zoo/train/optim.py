@@ -5,15 +5,7 @@ import math
 import torch
 from torch import nn
 
-
-def _embedding_param_ids(model: nn.Module) -> set[int]:
-    ids = set()
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            ids.add(id(module.weight))
-        elif hasattr(module, "max_seq_len") and isinstance(getattr(module, "weight", None), nn.Parameter):
-            ids.add(id(module.weight))  # learned position tables
-    return ids
+from zoo.blocks.embeddings import embedding_tables
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -23,7 +15,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     norm scales (which should sit near 1), biases, and embedding rows that a rare token
     only sees now and then. Frozen parameters are left out.
     """
-    no_decay_ids = _embedding_param_ids(model)
+    no_decay_ids = {id(t) for t in embedding_tables(model)}
     decay, no_decay, seen = [], [], set()
     for _, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:

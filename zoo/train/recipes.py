@@ -156,9 +156,9 @@ def _audio_clips(value: str, key: str) -> list:
         raise RecipeError(f"{key}: {err}") from err
 
 
-def _label_field(config) -> str | None:
-    """The config field holding the number of classes (BERT's n_labels, ViT's n_classes)."""
-    return next((f for f in ("n_labels", "n_classes") if f in type(config).field_names()), None)
+def _has_labels(config) -> bool:
+    """Whether the family has a classifier head sized by ``n_labels`` (every family names it so)."""
+    return "n_labels" in type(config).field_names()
 
 
 def _with_new_head(model: nn.Module, task: str, num_labels: int | None) -> tuple[nn.Module, list[str]]:
@@ -167,9 +167,8 @@ def _with_new_head(model: nn.Module, task: str, num_labels: int | None) -> tuple
     from zoo.lora import with_task
 
     config = model.config
-    field = _label_field(config)
-    if num_labels is not None and field is not None:
-        config = config.replace(**{field: num_labels})
+    if num_labels is not None and _has_labels(config):
+        config = config.replace(n_labels=num_labels)
     try:
         return with_task(model, task, config)
     except ValueError as err:
@@ -217,9 +216,8 @@ def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.M
         overrides = dict(m.overrides)
         if tokenizer is not None and "vocab_size" in type(variant.config).field_names():
             overrides.setdefault("vocab_size", tokenizer.vocab_size)
-        field = _label_field(variant.config)
-        if num_labels is not None and field is not None:
-            overrides.setdefault(field, num_labels)
+        if num_labels is not None and _has_labels(variant.config):
+            overrides.setdefault("n_labels", num_labels)
         if tokenizer is not None and "text" in type(variant.config).field_names():
             overrides["text"] = _text_tower_for(tokenizer, dict(overrides.get("text") or {}))
         try:
@@ -230,8 +228,9 @@ def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.M
         new_weights = _head_weights(model)
     else:
         model = zoo.from_pretrained(m.path, dtype=dtype)
-        field = _label_field(model.config)
-        resize = m.task == model.task and num_labels is not None and getattr(model.config, field, None) != num_labels
+        resize = (
+            m.task == model.task and num_labels is not None and getattr(model.config, "n_labels", None) != num_labels
+        )
         if m.task is not None and (m.task != model.task or resize):  # a new head, or one resized to the data
             model, new_weights = _with_new_head(model, m.task, num_labels)
     vocab = getattr(model.config, "vocab_size", None)
@@ -239,10 +238,9 @@ def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.M
         raise RecipeError(
             f"model.overrides.vocab_size: the tokenizer has {tokenizer.vocab_size} tokens, the model only {vocab}"
         )
-    field = _label_field(model.config)
-    if num_labels is not None and field is not None and getattr(model.config, field) != num_labels:
+    if num_labels is not None and _has_labels(model.config) and model.config.n_labels != num_labels:
         raise RecipeError(
-            f"model: the model's head has {getattr(model.config, field)} classes ({field}), the data has "
+            f"model: the model's head has {model.config.n_labels} classes (n_labels), the data has "
             f"{num_labels}; set model.task for a new head of {num_labels} classes on the checkpoint"
         )
     return model, new_weights

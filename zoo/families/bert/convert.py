@@ -2,11 +2,9 @@
 
 from zoo.config import ConfigError
 from zoo.convert import Rule, drop, rename
+from zoo.convert.hf import activation_from_hf, activation_to_hf, labels_to_hf, n_labels_from_hf
 from zoo.families.bert.config import BertConfig
 
-_ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu", "quick_gelu": "quick_gelu"}
-_ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
-                "silu": "silu", "swish": "silu", "quick_gelu": "quick_gelu"}  # fmt: skip
 ARCHITECTURES = {
     "base": "BertModel",
     "masked_lm": "BertForMaskedLM",
@@ -14,16 +12,8 @@ ARCHITECTURES = {
 }
 
 
-def _n_labels(hf: dict) -> int:
-    if hf.get("num_labels") is not None:
-        return hf["num_labels"]
-    return len(hf["id2label"]) if hf.get("id2label") else 2
-
-
 def config_from_hf(hf: dict) -> BertConfig:
-    act = hf.get("hidden_act", "gelu")
-    if act not in _ACT_FROM_HF:
-        raise ConfigError(f"hidden_act: BERT checkpoint uses {act!r}, which zoo does not map")
+    mlp = activation_from_hf(hf.get("hidden_act", "gelu"), "hidden_act", "BERT")
     # Switches of transformers' BERT that change the arithmetic and that zoo's BERT does not have:
     # refuse them rather than load a model that computes something else.
     for key, default in (("position_embedding_type", "absolute"), ("is_decoder", False),
@@ -39,18 +29,17 @@ def config_from_hf(hf: dict) -> BertConfig:
         n_heads=hf["num_attention_heads"],
         d_ff=hf["intermediate_size"],
         norm_eps=hf.get("layer_norm_eps", 1e-12),
-        mlp=_ACT_FROM_HF[act],
+        mlp=mlp,
         dropout=hf.get("hidden_dropout_prob", 0.1),
         attn_dropout=hf.get("attention_probs_dropout_prob", 0.1),
         classifier_dropout=hf.get("classifier_dropout"),
-        n_labels=_n_labels(hf),
+        n_labels=n_labels_from_hf(hf),
         problem_type=hf.get("problem_type"),
         pad_token_id=hf.get("pad_token_id", 0),
     )
 
 
 def config_to_hf(c: BertConfig, task: str) -> dict:
-    labels = {str(i): f"LABEL_{i}" for i in range(c.n_labels)}
     return {
         "model_type": "bert",
         "architectures": [ARCHITECTURES[task]],
@@ -61,14 +50,13 @@ def config_to_hf(c: BertConfig, task: str) -> dict:
         "num_hidden_layers": c.n_layers,
         "num_attention_heads": c.n_heads,
         "intermediate_size": c.d_ff,
-        "hidden_act": _ACT_TO_HF[c.mlp],
+        "hidden_act": activation_to_hf(c.mlp, "mlp", "BERT"),
         "layer_norm_eps": c.norm_eps,
         "hidden_dropout_prob": c.dropout,
         "attention_probs_dropout_prob": c.attn_dropout,
         "classifier_dropout": c.classifier_dropout,
         "problem_type": c.problem_type,
-        "id2label": labels,
-        "label2id": {v: int(k) for k, v in labels.items()},
+        **labels_to_hf(c.n_labels),
         "pad_token_id": c.pad_token_id,
         "position_embedding_type": "absolute",
         "tie_word_embeddings": True,

@@ -16,7 +16,7 @@ class GPTConfig(Config):
     n_layers: int = 12
     n_heads: int = 12
     n_kv_heads: int | None = None  # None: as many as n_heads (GPT-2 is plain multi-head)
-    d_ff: int | None = None  # None: 4 * d_model
+    d_ff: int | None = None  # None: 4 * d_model, filled in at construction (and by replace)
     norm: str = "layernorm"
     norm_eps: float = 1e-5
     mlp: str = "gelu_tanh"  # GPT-2's "gelu_new"; "swiglu" etc. swap in gated MLPs
@@ -39,6 +39,7 @@ class GPTConfig(Config):
         self._positive(
             "vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "sliding_window"
         )
+        self._derive("d_ff", 4 * self.d_model)
         self._divisible("d_model", "n_heads")
         if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
             raise ConfigError(f"n_kv_heads: n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
@@ -64,7 +65,3 @@ class GPTConfig(Config):
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
-
-    @property
-    def ff_dim(self) -> int:
-        return self.d_ff or 4 * self.d_model

@@ -8,6 +8,7 @@ switches: post-LN without a final norm is GPT-1's, pre-LN with one is GPT-2's.
 
 from zoo.config import ConfigError
 from zoo.convert import Rule, drop, rename, split, transpose
+from zoo.convert.hf import ACT_TO_HF, activation_from_hf
 from zoo.families.gpt.config import GPTConfig
 
 MODEL_TYPES = ("gpt2", "openai-gpt")
@@ -17,9 +18,6 @@ ARCHITECTURES = {
     "OpenAIGPTLMHeadModel": "causal_lm",
     "OpenAIGPTDoubleHeadsModel": "double_heads",
 }
-_ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu", "quick_gelu": "quick_gelu"}
-_ACT_FROM_HF = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
-                "silu": "silu", "swish": "silu", "quick_gelu": "quick_gelu"}  # fmt: skip
 # transformers' OpenAIGPT has its own table: its "gelu" is the tanh approximation (gelu_new).
 _GPT1_ACT_FROM_HF = {"gelu": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu"}
 _GPT1_ACT_TO_HF = {"gelu_tanh": "gelu", "relu": "relu", "silu": "silu"}
@@ -43,9 +41,7 @@ def config_from_hf(hf: dict) -> GPTConfig:
     _check_summary(hf)
     if hf.get("model_type") == "openai-gpt":
         return _gpt1_config_from_hf(hf)
-    act = hf.get("activation_function", "gelu_new")
-    if act not in _ACT_FROM_HF:
-        raise ConfigError(f"activation_function: GPT-2 checkpoint uses {act!r}, which zoo does not map")
+    mlp = activation_from_hf(hf.get("activation_function", "gelu_new"), "activation_function", "GPT-2")
     # Switches of transformers' GPT-2 that change the arithmetic and that zoo's GPT does not have:
     # refuse them rather than load a model that computes something else.
     for key, default in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
@@ -61,15 +57,13 @@ def config_from_hf(hf: dict) -> GPTConfig:
         n_heads=hf["n_head"],
         d_ff=hf.get("n_inner"),
         norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        mlp=_ACT_FROM_HF[act],
+        mlp=mlp,
         tie_embeddings=hf.get("tie_word_embeddings", True),
     )
 
 
 def _gpt1_config_from_hf(hf: dict) -> GPTConfig:
-    act = hf.get("afn", "gelu")
-    if act not in _GPT1_ACT_FROM_HF:
-        raise ConfigError(f"afn: GPT-1 checkpoint uses {act!r}; zoo maps {', '.join(_GPT1_ACT_FROM_HF)}")
+    mlp = activation_from_hf(hf.get("afn", "gelu"), "afn", "GPT-1", _GPT1_ACT_FROM_HF)
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         dropout=_dropout(hf),
@@ -78,7 +72,7 @@ def _gpt1_config_from_hf(hf: dict) -> GPTConfig:
         n_layers=hf["n_layer"],
         n_heads=hf["n_head"],
         norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        mlp=_GPT1_ACT_FROM_HF[act],
+        mlp=mlp,
         tie_embeddings=hf.get("tie_word_embeddings", True),
         prenorm=False,
         final_norm=False,
@@ -142,7 +136,7 @@ def config_to_hf(c: GPTConfig, task: str) -> dict:
             "tie_word_embeddings": c.tie_embeddings,
             **summary,
         }
-    _refuse(c, {"final_norm": not c.final_norm, "mlp": c.mlp not in _ACT_TO_HF, **common}, "GPT-2")
+    _refuse(c, {"final_norm": not c.final_norm, "mlp": c.mlp not in ACT_TO_HF, **common}, "GPT-2")
     hf = {
         "model_type": "gpt2",
         "architectures": ["GPT2DoubleHeadsModel" if task == "double_heads" else "GPT2LMHeadModel"],
@@ -152,7 +146,7 @@ def config_to_hf(c: GPTConfig, task: str) -> dict:
         "n_layer": c.n_layers,
         "n_head": c.n_heads,
         "n_inner": c.d_ff,
-        "activation_function": _ACT_TO_HF[c.mlp],
+        "activation_function": ACT_TO_HF[c.mlp],
         "layer_norm_epsilon": c.norm_eps,
         "resid_pdrop": c.dropout,
         "embd_pdrop": c.dropout,

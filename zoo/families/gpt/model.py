@@ -35,7 +35,7 @@ class GPT(CausalLM):
         self.layers = nn.ModuleList(
             TransformerLayer(
                 attn=Attention(c.d_model, c.n_heads, c.n_kv_heads, bias=c.bias, dropout=c.dropout),
-                mlp=make_mlp(c.mlp, c.d_model, c.ff_dim, bias=c.bias, dropout=c.dropout),
+                mlp=make_mlp(c.mlp, c.d_model, c.d_ff, bias=c.bias, dropout=c.dropout),
                 norm1=make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias),
                 norm2=make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias),
                 prenorm=c.prenorm,

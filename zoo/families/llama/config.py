@@ -25,7 +25,7 @@ class LlamaConfig(Config):
     n_layers: int = 32
     n_heads: int = 32
     n_kv_heads: int | None = None  # None: as many as n_heads (multi-head); fewer is GQA, 1 is MQA
-    head_dim: int | None = None  # None: d_model // n_heads, filled in at construction
+    head_dim: int | None = None  # None: d_model // n_heads, filled in at construction (and by replace)
     d_ff: int = 11008  # hidden width of the SwiGLU MLP (of each expert, with n_experts)
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
@@ -50,8 +50,9 @@ class LlamaConfig(Config):
         )  # fmt: skip
         if self.head_dim is None:
             self._divisible("d_model", "n_heads")
-            # Resolved once, as transformers does, so the saved config states it.
-            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+        if self.d_model % self.n_heads == 0:
+            # Stated in the saved config, as transformers does; re-derived by replace().
+            self._derive("head_dim", self.d_model // self.n_heads)
         if self.head_dim % 2:
             raise ConfigError(f"head_dim: RoPE rotates channel pairs, so head_dim must be even, got {self.head_dim}")
         if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:

@@ -11,11 +11,9 @@ import math
 
 from zoo.config import ConfigError
 from zoo.convert import Rule, permute, rename, split
+from zoo.convert.hf import activation_from_hf, activation_to_hf, labels_to_hf, n_labels_from_hf
 from zoo.families.vit.config import ViTConfig
 
-_ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
-                "silu": "silu", "swish": "silu", "quick_gelu": "quick_gelu"}  # fmt: skip
-_ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu", "quick_gelu": "quick_gelu"}
 ARCHITECTURES = {"base": "ViTModel", "image_classification": "ViTForImageClassification"}
 
 # timm's plain ViT entry points (timm/models/vision_transformer.py): name -> (patch, image, width,
@@ -114,7 +112,7 @@ def _config_from_timm(hf: dict) -> ViTConfig:
         qkv_bias=a.get("qkv_bias", True),
         pool=a["global_pool"],
         fc_norm=a.get("fc_norm"),
-        n_classes=a["num_classes"],
+        n_labels=a["num_classes"],
         dropout=dropout,
         attn_dropout=a.get("attn_drop_rate", 0.0),
         layout="timm",
@@ -123,9 +121,7 @@ def _config_from_timm(hf: dict) -> ViTConfig:
 
 
 def _config_from_transformers(hf: dict) -> ViTConfig:
-    act = hf.get("hidden_act", "gelu")
-    if act not in _ACT_FROM_HF:
-        raise ConfigError(f"hidden_act: ViT checkpoint uses {act!r}, which zoo does not map")
+    mlp = activation_from_hf(hf.get("hidden_act", "gelu"), "hidden_act", "ViT")
     width = hf["hidden_size"]
     if hf.get("pooler_output_size", width) != width:
         raise ConfigError(
@@ -135,10 +131,6 @@ def _config_from_transformers(hf: dict) -> ViTConfig:
     if hf.get("pooler_act", "tanh") != "tanh":
         raise ConfigError(f"pooler_act: {hf['pooler_act']!r}; zoo's pooler uses tanh")
     archs = hf.get("architectures") or []
-    if hf.get("num_labels") is not None:
-        n_classes = hf["num_labels"]
-    else:
-        n_classes = len(hf["id2label"]) if hf.get("id2label") else 2
     return ViTConfig(
         image_size=_square("image_size", hf.get("image_size", 224)),
         patch_size=_square("patch_size", hf.get("patch_size", 16)),
@@ -148,11 +140,11 @@ def _config_from_transformers(hf: dict) -> ViTConfig:
         n_heads=hf["num_attention_heads"],
         d_ff=hf["intermediate_size"],
         norm_eps=hf.get("layer_norm_eps", 1e-12),
-        mlp=_ACT_FROM_HF[act],
+        mlp=mlp,
         qkv_bias=hf.get("qkv_bias", True),
         # ViTModel carries a pooler by default; ViTForImageClassification has none.
         pooler="ViTForImageClassification" not in archs,
-        n_classes=n_classes,
+        n_labels=n_labels_from_hf(hf),
         problem_type=hf.get("problem_type"),
         dropout=hf.get("hidden_dropout_prob", 0.0),
         attn_dropout=hf.get("attention_probs_dropout_prob", 0.0),
@@ -167,8 +159,8 @@ def config_from_hf(hf: dict) -> ViTConfig:
 
 def _mlp_ratio(c: ViTConfig) -> float:
     """d_ff / d_model as a float that timm's int(dim * ratio) turns back into d_ff exactly."""
-    ratio = c.ff_dim / c.d_model
-    while int(c.d_model * ratio) < c.ff_dim:
+    ratio = c.d_ff / c.d_model
+    while int(c.d_model * ratio) < c.d_ff:
         ratio = math.nextafter(ratio, math.inf)
     return ratio
 
@@ -184,7 +176,7 @@ def _refuse(c: ViTConfig, reference: str, checks: dict[str, bool]) -> None:
 
 def _config_to_timm(c: ViTConfig, task: str) -> dict:
     _refuse(c, "timm's VisionTransformer", {"pooler": c.pooler, "mlp": c.mlp != "gelu", "norm_eps": c.norm_eps != 1e-6})
-    n_classes = c.n_classes if task == "image_classification" else 0
+    n_labels = c.n_labels if task == "image_classification" else 0
     model_args = {
         "img_size": [c.image_size, c.image_size],
         "patch_size": c.patch_size,
@@ -194,7 +186,7 @@ def _config_to_timm(c: ViTConfig, task: str) -> dict:
         "num_heads": c.n_heads,
         "mlp_ratio": _mlp_ratio(c),
         "qkv_bias": c.qkv_bias,
-        "num_classes": n_classes,
+        "num_classes": n_labels,
         "global_pool": c.pool,
         "fc_norm": c.fc_norm,  # None: timm derives it from global_pool, as zoo does
         "pos_drop_rate": c.dropout,
@@ -207,7 +199,7 @@ def _config_to_timm(c: ViTConfig, task: str) -> dict:
     arch = next((n for n, s in TIMM_ARCHITECTURES.items() if s == shape), "vit_base_patch16_224")
     return {
         "architecture": arch,
-        "num_classes": n_classes,
+        "num_classes": n_labels,
         "num_features": c.d_model,
         "global_pool": c.pool,
         "model_args": model_args,
@@ -219,7 +211,7 @@ def _config_to_timm(c: ViTConfig, task: str) -> dict:
             "crop_mode": "center",
             "mean": [0.5] * c.in_channels,
             "std": [0.5] * c.in_channels,
-            "num_classes": n_classes,
+            "num_classes": n_labels,
             "pool_size": None,
             "first_conv": "patch_embed.proj",
             "classifier": "head",
@@ -238,7 +230,6 @@ def _config_to_transformers(c: ViTConfig, task: str) -> dict:
             "pooler": c.pooler != (task == "base"),
         },
     )
-    labels = {str(i): f"LABEL_{i}" for i in range(c.n_classes)}
     return {
         "model_type": "vit",
         "architectures": [ARCHITECTURES[task]],
@@ -248,8 +239,8 @@ def _config_to_transformers(c: ViTConfig, task: str) -> dict:
         "hidden_size": c.d_model,
         "num_hidden_layers": c.n_layers,
         "num_attention_heads": c.n_heads,
-        "intermediate_size": c.ff_dim,
-        "hidden_act": _ACT_TO_HF[c.mlp],
+        "intermediate_size": c.d_ff,
+        "hidden_act": activation_to_hf(c.mlp, "mlp", "ViT"),
         "layer_norm_eps": c.norm_eps,
         "qkv_bias": c.qkv_bias,
         "hidden_dropout_prob": c.dropout,
@@ -257,8 +248,7 @@ def _config_to_transformers(c: ViTConfig, task: str) -> dict:
         "pooler_output_size": c.d_model,
         "pooler_act": "tanh",
         "problem_type": c.problem_type,
-        "id2label": labels,
-        "label2id": {v: int(k) for k, v in labels.items()},
+        **labels_to_hf(c.n_labels),
     }
 
 

@@ -41,7 +41,7 @@ class ViT(Encoder):
         self.layers = nn.ModuleList(
             TransformerLayer(
                 attn=Attention(c.d_model, c.n_heads, bias=c.qkv_bias, out_bias=True, dropout=c.attn_dropout),
-                mlp=make_mlp(c.mlp, c.d_model, c.ff_dim),
+                mlp=make_mlp(c.mlp, c.d_model, c.d_ff),
                 norm1=make_norm("layernorm", c.d_model, c.norm_eps),
                 norm2=make_norm("layernorm", c.d_model, c.norm_eps),
                 prenorm=True,
@@ -95,15 +95,15 @@ class ViTForImageClassification(ViT):
 
     def build_head(self) -> None:
         c = self.config
-        if c.n_classes < 1:
-            raise ConfigError("n_classes: image_classification needs at least one class; use task 'base' for none")
-        self.classifier = nn.Linear(c.d_model, c.n_classes)
+        if c.n_labels < 1:
+            raise ConfigError("n_labels: image_classification needs at least one class; use task 'base' for none")
+        self.classifier = nn.Linear(c.d_model, c.n_labels)
 
     def forward(self, pixel_values, labels=None, output_hidden_states=False):
         """As ``ViT.forward``; ``labels`` (B,) class ids, or float targets (regression with one class,
         multi-label), the loss chosen as transformers chooses it."""
         x, pooled, states = self.features(pixel_values, output_hidden_states)
-        logits = self.classifier(pooled)  # (B, n_classes)
+        logits = self.classifier(pooled)  # (B, n_labels)
         loss = None
         if labels is not None:
             if labels.shape[0] != pixel_values.shape[0]:

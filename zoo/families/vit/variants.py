@@ -14,7 +14,7 @@ for _name, _width, _heads in (("tiny", 192, 3), ("small", 384, 6), ("base", 768,
         task="image_classification",
     )
 # Tiny shapes for tests: image 40 (not 224), patch 8, d_ff != 4 * d_model, an odd number of classes.
-_TINY = ViTConfig(image_size=40, patch_size=8, d_model=48, n_layers=2, n_heads=4, d_ff=108, n_classes=7)
+_TINY = ViTConfig(image_size=40, patch_size=8, d_model=48, n_layers=2, n_heads=4, d_ff=108, n_labels=7)
 register_variant("vit-test-tiny", "vit", _TINY, "zoo test config (timm layout)", task="image_classification")
 register_variant(
     "vit-avg-tiny", "vit", _TINY.replace(pool="avg"), "zoo test config (timm, global average pooling)",

@@ -12,11 +12,9 @@ import warnings
 
 from zoo.config import ConfigError
 from zoo.convert import Rule, drop, rename
+from zoo.convert.hf import activation_from_hf, activation_to_hf, labels_to_hf, n_labels_from_hf
 from zoo.families.whisper.config import WhisperConfig
 
-_ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
-                "silu": "silu", "swish": "silu"}  # fmt: skip
-_ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 # config.json architectures -> task. Export writes the first one listed per task.
 ARCHITECTURES = {
     "WhisperEncoder": "base",
@@ -29,9 +27,7 @@ _WITH_DECODER = ("WhisperModel", "WhisperForConditionalGeneration")
 
 
 def config_from_hf(hf: dict) -> WhisperConfig:
-    act = hf.get("activation_function", "gelu")
-    if act not in _ACT_FROM_HF:
-        raise ConfigError(f"activation_function: Whisper checkpoint uses {act!r}, which zoo does not map")
+    mlp = activation_from_hf(hf.get("activation_function", "gelu"), "activation_function", "Whisper")
     if hf.get("activation_dropout", 0.0):
         raise ConfigError(
             f"activation_dropout: {hf['activation_dropout']} has no equivalent in zoo (its MLP has no dropout "
@@ -49,7 +45,6 @@ def config_from_hf(hf: dict) -> WhisperConfig:
             UserWarning,
             stacklevel=2,
         )
-    n_classes = hf.get("num_labels") or (len(hf["id2label"]) if hf.get("id2label") else 2)
     return WhisperConfig(
         n_mels=hf["num_mel_bins"],
         max_seq_len=hf.get("max_source_positions", 1500),
@@ -57,11 +52,11 @@ def config_from_hf(hf: dict) -> WhisperConfig:
         n_layers=hf["encoder_layers"],
         n_heads=hf["encoder_attention_heads"],
         d_ff=hf["encoder_ffn_dim"],
-        mlp=_ACT_FROM_HF[act],
+        mlp=mlp,
         dropout=hf.get("dropout", 0.0),
         attn_dropout=hf.get("attention_dropout", 0.0),
         classifier_proj_size=hf.get("classifier_proj_size", 256),
-        n_classes=n_classes,
+        n_labels=n_labels_from_hf(hf),
     )
 
 
@@ -76,8 +71,8 @@ def config_to_hf(c: WhisperConfig, task: str) -> dict:
         "d_model": c.d_model,
         "encoder_layers": c.n_layers,
         "encoder_attention_heads": c.n_heads,
-        "encoder_ffn_dim": c.ff_dim,
-        "activation_function": _ACT_TO_HF[c.mlp],
+        "encoder_ffn_dim": c.d_ff,
+        "activation_function": activation_to_hf(c.mlp, "mlp", "Whisper"),
         "dropout": c.dropout,
         "attention_dropout": c.attn_dropout,
         "activation_dropout": 0.0,
@@ -86,8 +81,7 @@ def config_to_hf(c: WhisperConfig, task: str) -> dict:
         "classifier_proj_size": c.classifier_proj_size,
     }
     if task == "audio_classification":
-        hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.n_classes)}
-        hf["label2id"] = {f"LABEL_{i}": i for i in range(c.n_classes)}
+        hf.update(labels_to_hf(c.n_labels))
     return hf
 
 

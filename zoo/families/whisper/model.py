@@ -34,7 +34,7 @@ class WhisperEncoder(Encoder):
         self.layers = nn.ModuleList(
             TransformerLayer(
                 attn=Attention(c.d_model, c.n_heads, bias=True, k_bias=False, dropout=c.attn_dropout),
-                mlp=make_mlp(c.mlp, c.d_model, c.ff_dim),
+                mlp=make_mlp(c.mlp, c.d_model, c.d_ff),
                 norm1=make_norm("layernorm", c.d_model, c.norm_eps),
                 norm2=make_norm("layernorm", c.d_model, c.norm_eps),
                 prenorm=True,
@@ -96,13 +96,13 @@ class WhisperForAudioClassification(WhisperEncoder):
     def build_head(self) -> None:
         c = self.config
         self.projector = nn.Linear(c.d_model, c.classifier_proj_size)
-        self.classifier = nn.Linear(c.classifier_proj_size, c.n_classes)
+        self.classifier = nn.Linear(c.classifier_proj_size, c.n_labels)
 
     def forward(self, input_features, labels=None, output_hidden_states=False):
         """As ``WhisperEncoder.forward``; ``labels`` (B,) class ids give a cross-entropy ``loss``."""
         x, states = self.features(input_features, output_hidden_states)
         pooled = self.projector(x).mean(dim=1)  # (B, classifier_proj_size)
-        logits = self.classifier(pooled)  # (B, n_classes)
+        logits = self.classifier(pooled)  # (B, n_labels)
         loss = None
         if labels is not None:
             if labels.shape[0] != input_features.shape[0]:

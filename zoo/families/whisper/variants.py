@@ -23,7 +23,7 @@ for _name, _mels, _width, _layers, _heads in (
 
 # Tiny shapes for tests: n_mels != d_model, d_ff != 4 * d_model, 48 frames -> 24 positions.
 _TINY = WhisperConfig(n_mels=20, max_seq_len=24, d_model=48, n_layers=2, n_heads=4, d_ff=104,
-                      classifier_proj_size=20, n_classes=5)  # fmt: skip
+                      classifier_proj_size=20, n_labels=5)  # fmt: skip
 register_variant("whisper-test-tiny", "whisper", _TINY, "zoo test config (transformers' WhisperEncoder layout)")
 register_variant(
     "whisper-cls-tiny", "whisper", _TINY, "zoo test config (transformers' WhisperForAudioClassification)",
