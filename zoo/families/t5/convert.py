@@ -45,11 +45,13 @@ def _mlp_from_hf(proj: str) -> str:
 def _mlp_to_hf(kind: str) -> str:
     if kind == "geglu_tanh":
         return "gated-gelu"
+    if kind == "geglu":
+        raise ConfigError(
+            "mlp: transformers' T5 reads 'gated-gelu' as a gelu_new (tanh) gate, so zoo's exact-GELU 'geglu' has "
+            "no feed_forward_proj; use 'geglu_tanh' or save with format='zoo'"
+        )
     if kind in GATED_MLPS:
-        act = activation_to_hf(GATED_MLPS[kind], "mlp", "T5")
-        if act == "gelu_new":  # "gated-gelu_new" is what transformers reads as gelu_new
-            return "gated-gelu_new"
-        return f"gated-{act}"
+        return f"gated-{activation_to_hf(GATED_MLPS[kind], 'mlp', 'T5')}"
     return activation_to_hf(kind, "mlp", "T5")
 
 
