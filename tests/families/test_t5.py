@@ -128,6 +128,11 @@ def test_variants_mirror_their_public_configs():
     with torch.device("meta"):
         n = zoo.create_model("t5-small").num_parameters()
     assert n == 60_506_624  # transformers' count for google-t5/t5-small (tied head counted once)
+    from zoo.info import model_info
+
+    with torch.device("meta"):
+        info = model_info(zoo.create_model("t5-small"), "t5-small")
+    assert info.context == 512 and info.flops_per_token_forward > 2 * 35_000_000  # no position limit: planned at 512
 
 
 @pytest.mark.parametrize("name", ["t5-tiny", "t5-v1_1-tiny"])
