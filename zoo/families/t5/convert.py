@@ -144,7 +144,6 @@ def _stack(hf: str, zoo: str, cross: bool) -> list[Rule]:
 
 
 def rules(c: T5Config, task: str) -> list[Rule]:
-    # Only the first rule that matches a zoo key is used for export: wi for a plain MLP, wi_0/wi_1 gated.
     gated = c.mlp in GATED_MLPS
     bucket = "block.0.layer.0.SelfAttention.relative_attention_bias.weight"
     if task == "encoder":
@@ -171,6 +170,7 @@ def rules(c: T5Config, task: str) -> list[Rule]:
         ]
         # A tied checkpoint may still store lm_head.weight, a copy of shared.weight.
         out.append(drop("lm_head.weight") if c.tie_embeddings else rename("lm_head.weight", "lm_head.weight"))
+    # A plain MLP reads wi, a gated one wi_0 and wi_1; the other kind's keys are then named unexpected.
     out = [r for r in out if not (gated and r.src[0].endswith("DenseReluDense.wi.weight"))]
     out = [r for r in out if gated or not r.src[0].endswith(("wi_0.weight", "wi_1.weight"))]
     out += [
