@@ -39,6 +39,11 @@ class ModelInfo:
         return "\n".join(lines)
 
 
+# The context `zoo info` plans a model without a position limit at (T5 trained on 512 tokens);
+# --context gives another.
+UNLIMITED_CONTEXT = 512
+
+
 def flops_per_token(non_embedding_params: int, n_layers: int, context: int, d_attn: int) -> int:
     """Forward FLOPs per token (Kaplan et al. 2020, Table 1): 2N for the weights' multiply-adds
     plus 2 n_layers n_ctx d_attn for attention scores and their weighted sum."""
@@ -46,9 +51,12 @@ def flops_per_token(non_embedding_params: int, n_layers: int, context: int, d_at
 
 
 def model_info(model: nn.Module, name: str, context: int | None = None) -> ModelInfo:
-    """Facts about ``model``; ``context`` defaults to the config's max_seq_len."""
+    """Facts about ``model``; ``context`` defaults to the config's max_seq_len, or to
+    ``UNLIMITED_CONTEXT`` for models without a position limit (T5's relative positions)."""
     c = model.config
     context = context or getattr(c, "max_seq_len", 0)
+    if context is None:
+        context = UNLIMITED_CONTEXT
     n = model.num_parameters()
     n_ne = model.num_parameters(exclude_embeddings=True)
     # A mixture of experts sends each token through top_k experts only; FLOPs count those.

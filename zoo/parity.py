@@ -276,7 +276,8 @@ def _add_reference_error(rows, zoo_out, ref_out, ref_fp32, where) -> None:
 def padded_token_batch(model: nn.Module, generator: torch.Generator, batch: int = 3, length: int = 12) -> dict:
     """Random token ids with three rows: unpadded, left-padded and right-padded."""
     config = model.config
-    length = min(length, config.max_seq_len)
+    if config.max_seq_len is not None:
+        length = min(length, config.max_seq_len)
     input_ids = torch.randint(0, config.vocab_size, (batch, length), generator=generator)
     attention_mask = torch.ones(batch, length, dtype=torch.long)
     if batch > 1:

@@ -127,6 +127,14 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         return loader(path)
     file = path / "tokenizer.json"
     if not file.exists():
+        spm = sorted(p.name for p in path.glob("*.model"))
+        if spm:
+            # T5, Marian and others ship a sentencepiece model; zoo reads tokenizers' format only.
+            raise ValueError(
+                f"{path}: no tokenizer.json, only the sentencepiece model {', '.join(spm)}; write a tokenizer.json "
+                "beside it once with transformers (AutoTokenizer.from_pretrained(dir).save_pretrained(dir)), or "
+                "download the repository's tokenizer.json (google-t5/t5-small and flan-t5 have one)"
+            )
         raise ValueError(f"{path}: no tokenizer.json in this directory")
     config = {}
     if (path / "tokenizer_config.json").exists():

@@ -523,11 +523,28 @@ def translation_report(model: nn.Module, tokenizer, pairs: list[tuple[str, str]]
         "bleu": sacrebleu.corpus_bleu(hypotheses, references).score,
         "chrf": sacrebleu.corpus_chrf(hypotheses, references).score,
         "exact_match": exact,
+        "exact_by_task": exact_by_task(pairs, hypotheses),
         "translations": hypotheses,
         "search": f"beam search, {s.num_beams} beams, length penalty {s.length_penalty}"
         if s.num_beams > 1
         else "greedy",
     }
+
+
+_TASK_PREFIX = re.compile(r"^([^\s:]+): ")
+
+
+def exact_by_task(pairs: list[tuple[str, str]], hypotheses: list[str]) -> dict[str, tuple[float, int]]:
+    """Exact match per task, for T5-style multitask pairs whose sources start with a prefix
+    ("reverse: k q m" is task "reverse"): task -> (exact-match rate, pairs). Empty unless every
+    source has a prefix."""
+    tasks = [_TASK_PREFIX.match(src) for src, _ in pairs]
+    if not pairs or not all(tasks):
+        return {}
+    hits: dict[str, list[bool]] = {}
+    for task, (_, tgt), hyp in zip(tasks, pairs, hypotheses, strict=True):
+        hits.setdefault(task.group(1), []).append(hyp == tgt)
+    return {task: (sum(h) / len(h), len(h)) for task, h in sorted(hits.items())}
 
 
 def _normalise(text: str) -> str:
@@ -592,6 +609,8 @@ def _print_comparison(prep: Prepared, before: dict, after: dict, log) -> None:
         log(f"BLEU on {n} held-out sources ({after['search']}): {before['bleu']:.1f} -> {after['bleu']:.1f}")
         log(f"chrF on {n} held-out sources: {before['chrf']:.1f} -> {after['chrf']:.1f}")
         log(f"exact translations: {before['exact_match']:.0%} -> {after['exact_match']:.0%}")
+        for task, (rate, n) in after["exact_by_task"].items():
+            log(f"  {task + ':':<12} exact {before['exact_by_task'][task][0]:.0%} -> {rate:.0%} ({n} held out)")
         log(f"\n  {'source':<40}  {'reference':<40}  after")
         for (src, tgt), hyp in list(zip(prep.eval_pairs, after["translations"], strict=False))[:8]:
             log(f"  {_clip(src, 40):<40}  {_clip(tgt, 40):<40}  {_clip(hyp, 40)} [{'ok' if hyp == tgt else '--'}]")
