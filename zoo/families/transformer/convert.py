@@ -8,19 +8,16 @@ sinusoids, the activation (swish in opus-mt), and a ``final_logits_bias`` buffer
 
 from zoo.config import ConfigError
 from zoo.convert import Rule, drop, rename
+from zoo.convert.hf import ACT_TO_HF, activation_from_hf, activation_to_hf
 from zoo.families.transformer.config import TransformerConfig
 
 ARCHITECTURES = {"seq2seq_lm": "MarianMTModel"}
-# transformers' ACT2FN names of the plain activations zoo's MLP has.
-_ACT_FROM_HF = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                "swish": "silu", "silu": "silu", "quick_gelu": "quick_gelu"}  # fmt: skip
-_ACT_TO_HF = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "swish", "quick_gelu": "quick_gelu"}
+# Marian's configs name silu "swish" (opus-mt): export writes that name.
+_ACT_TO_MARIAN = {**ACT_TO_HF, "silu": "swish"}
 
 
 def config_from_hf(hf: dict) -> TransformerConfig:
-    act = hf.get("activation_function", "swish")
-    if act not in _ACT_FROM_HF:
-        raise ConfigError(f"activation_function: Marian checkpoint uses {act!r}, which zoo does not map")
+    mlp = activation_from_hf(hf.get("activation_function", "swish"), "activation_function", "Marian")
     vocab = hf["vocab_size"]
     # Switches of transformers' Marian that zoo's Transformer does not have: refuse them rather
     # than load a model that computes something else.
@@ -50,7 +47,7 @@ def config_from_hf(hf: dict) -> TransformerConfig:
         n_decoder_layers=None if decoder_layers == layers else decoder_layers,
         n_decoder_heads=None if decoder_heads == heads else decoder_heads,
         decoder_d_ff=None if decoder_d_ff == d_ff else decoder_d_ff,
-        mlp=_ACT_FROM_HF[act],
+        mlp=mlp,
         dropout=hf.get("dropout", 0.1),
         attn_dropout=hf.get("attention_dropout", 0.0),
         scale_embedding=hf.get("scale_embedding", False),
@@ -82,7 +79,7 @@ def config_to_hf(c: TransformerConfig, task: str) -> dict:
         "decoder_attention_heads": c.decoder_heads,
         "encoder_ffn_dim": c.d_ff,
         "decoder_ffn_dim": c.decoder_ff,
-        "activation_function": _ACT_TO_HF[c.mlp],
+        "activation_function": activation_to_hf(c.mlp, "mlp", "Marian", _ACT_TO_MARIAN),
         "dropout": c.dropout,
         "attention_dropout": c.attn_dropout,
         "activation_dropout": 0.0,
