@@ -121,9 +121,9 @@ _ROBERTA_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad
 def _byte_level_bpe(path: Path, config: dict) -> _HFTokenizer:
     """GPT-2-style byte-level BPE from vocab.json + merges.txt, as transformers' slow BART, RoBERTa
     and GPT-2 tokenizers read them. A BART/RoBERTa tokenizer (tokenizer_config.json's
-    tokenizer_class, or a vocabulary holding <s> and </s>) wraps each text in <s> ... </s>, and its
-    <mask> swallows the space before it, as theirs do."""
-    from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+    tokenizer_class, or a vocabulary holding <s> and </s>) wraps each text in <s> ... </s>, as
+    theirs do."""
+    from tokenizers import decoders, models, pre_tokenizers, processors
 
     backend = _HFTokenizer(models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt")))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space", False)))
@@ -132,10 +132,10 @@ def _byte_level_bpe(path: Path, config: dict) -> _HFTokenizer:
     kind = str(config.get("tokenizer_class") or "")
     if kind.startswith(("Bart", "Roberta")) or ("<s>" in vocab and "</s>" in vocab and "gpt2" not in kind.lower()):
         specials = {k: _token_text(config.get(k)) or v for k, v in _ROBERTA_SPECIALS.items()}
-        backend.add_special_tokens([t for t in specials.values() if t in vocab])
+        # transformers' BartTokenizer built from these two files keeps <mask> as the vocabulary
+        # holds it: a special token that leaves the space before it a token of its own.
         mask = _token_text(config.get("mask_token")) or "<mask>"
-        if mask in vocab:
-            backend.add_special_tokens([AddedToken(mask, lstrip=True, special=True)])
+        backend.add_special_tokens([t for t in [*specials.values(), mask] if t in vocab])
         bos, eos = specials["bos_token"], specials["eos_token"]
         backend.post_processor = processors.RobertaProcessing((eos, vocab[eos]), (bos, vocab[bos]))
         for key, value in specials.items():
