@@ -49,9 +49,9 @@ def _info_model(name_or_path: str):
     """A registered name, or a checkpoint (directory, file, pkg://, Hub repo id), built on the
     meta device from its config alone where it can be (a single file is read whole)."""
     from zoo.hub import from_pretrained, read_architecture, resolve_checkpoint
-    from zoo.registry import VARIANTS, create_model
+    from zoo.registry import create_model, list_models
 
-    if name_or_path in VARIANTS:
+    if name_or_path in list_models():  # loads the families, which register the names
         with torch.device("meta"):  # shapes and counts only: no memory, even for 47B parameters
             return create_model(name_or_path)
     try:
@@ -213,6 +213,9 @@ def cmd_generate(args) -> int:
         ids = tokenizer.encode(text, add_special_tokens=False)  # the template places the special tokens
     else:
         ids = tokenizer.encode(args.prompt)
+    seq2seq = model.task == "seq2seq_lm"  # the prompt is the source; the output starts with the start token
+    if seq2seq and tokenizer.eos_token_id is not None and ids[-1:] != [tokenizer.eos_token_id]:
+        ids.append(tokenizer.eos_token_id)  # a source ends in the end token, as the model was trained
     options.update(eos_token_id=tokenizer.eos_token_id)
     streamer = TextStreamer(tokenizer) if args.num_beams == 1 else None
     with torch.inference_mode():
@@ -221,7 +224,7 @@ def cmd_generate(args) -> int:
         except ValueError as err:  # what depends on the model: max_new_tokens past its context, say
             raise ValueError(_flag(str(err), options)) from None
     if streamer is None:
-        print(tokenizer.decode(out[0, len(ids) :].tolist()), end="")
+        print(tokenizer.decode(out[0, 1 if seq2seq else len(ids) :].tolist()), end="")
     print()
     return 0
 

@@ -61,7 +61,8 @@ def model_info(model: nn.Module, name: str, context: int | None = None) -> Model
 
 def _later_layer(key: str) -> bool:
     parts = key.split(".")
-    return any(p.isdigit() and int(p) > 0 and parts[i - 1] == "layers" for i, p in enumerate(parts))
+    # "layers", and an encoder-decoder's "encoder_layers" / "decoder_layers"
+    return any(p.isdigit() and int(p) > 0 and parts[i - 1].endswith("layers") for i, p in enumerate(parts))
 
 
 # --- Scale: memory and compute planning -------------------------------------------------------
@@ -132,8 +133,8 @@ def training_inputs(model: nn.Module, ids: torch.Tensor) -> dict:
         pixels = torch.zeros(ids.shape[0], c.in_channels, c.image_size, c.image_size, device=ids.device)
         return {"pixel_values": pixels}
     inputs = {"input_ids": ids}
-    if getattr(model, "task", "") in ("causal_lm", "masked_lm"):
-        inputs["labels"] = ids
+    if getattr(model, "task", "") in ("causal_lm", "masked_lm", "seq2seq_lm"):
+        inputs["labels"] = ids  # an encoder-decoder: a target as long as the source
     return inputs
 
 

@@ -40,12 +40,16 @@ class TrainConfig:
         micro_batch_size: examples per forward/backward on one process; smaller than the
             per-process batch means gradient accumulation (None: the whole per-process batch).
         lr: peak learning rate.
-        schedule: ``cosine`` (warmup then cosine decay), ``linear`` (warmup then linear decay) or ``constant``.
+        schedule: ``cosine`` (warmup then cosine decay), ``linear`` (warmup then linear decay),
+            ``constant``, or ``inverse_sqrt`` (the Transformer paper's: linear warmup, then lr *
+            sqrt(warmup_steps / step); ``lr`` is the peak, (d_model * warmup_steps)^-0.5 in the paper).
         warmup_steps: linear warmup from 0 to ``lr``.
         min_lr_ratio: where cosine and linear decay end, as a fraction of ``lr``.
         weight_decay: AdamW decay on matrices; norms, biases and embeddings get none.
         beta1, beta2, eps: AdamW's.
         grad_clip: clip the global gradient norm to this (None: measure it, never clip).
+        label_smoothing: encoder-decoders (translation data): this much of each target's
+            probability spread over the vocabulary (the Transformer paper's 0.1).
         precision: ``fp32``, ``bf16`` (autocast, CPU or GPU) or ``fp16`` (autocast + GradScaler, GPU only).
         activation_checkpointing: recompute each layer's activations in backward.
         compile: run the model through ``torch.compile``.
@@ -69,7 +73,7 @@ class TrainConfig:
     batch_size: int = 8
     micro_batch_size: int | None = None
     lr: float = 3e-4
-    schedule: str = _choices("cosine", "linear", "constant", default="cosine")
+    schedule: str = _choices("cosine", "linear", "constant", "inverse_sqrt", default="cosine")
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -77,6 +81,7 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float | None = 1.0
+    label_smoothing: float = 0.0
     precision: str = _choices("fp32", "bf16", "fp16", default="fp32")
     activation_checkpointing: bool = False
     compile: bool = False
@@ -113,6 +118,10 @@ class TrainConfig:
             raise RecipeError(f"{prefix}.lr: must be positive, got {self.lr}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise RecipeError(f"{prefix}.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise RecipeError(f"{prefix}.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.schedule == "inverse_sqrt" and self.warmup_steps < 1:
+            raise RecipeError(f"{prefix}.warmup_steps: the inverse_sqrt schedule needs warmup_steps >= 1")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise RecipeError(f"{prefix}.grad_clip: must be positive (or null for no clipping), got {self.grad_clip}")
 
@@ -149,7 +158,10 @@ class DataSection:
             of ``LABEL.wav`` / ``LABEL-anything.wav`` files or an ``.npz`` of mu-law clips, turned into
             Whisper log-mel features), ``hf`` (a Hugging Face dataset by name) or
             ``image_caption`` (JSONL of ``{"image", "label", "captions"}``: contrastive image-text
-            pairs for CLIP; the last caption of each image is held out, see ``zoo.train.data``).
+            pairs for CLIP; the last caption of each image is held out, see ``zoo.train.data``),
+            ``translation`` (TSV: source, tab, target; for encoder-decoders) or ``number_words``
+            (translation pairs generated with num2words: ``n_pairs`` distinct numbers up to
+            ``max_number`` written in ``source_lang`` and ``target_lang``).
         train: the training file (text, chat, text_label, image_caption; audio_label: a directory or .npz).
         eval: an evaluation file (default: ``eval_fraction`` of ``train`` is held out).
         eval_fraction: held out of ``train`` when ``eval`` is not given.
@@ -163,9 +175,11 @@ class DataSection:
             Whisper's whole 30 s window; a short window trains much faster on short clips).
         crops, eval_crops: image_caption: augmented crops of each image for training, and for
             evaluation (the first one the plain center crop, the others augmented with other seeds).
+        n_pairs, max_number, source_lang, target_lang: number_words (num2words language codes).
     """
 
-    format: str = _choices("text", "chat", "text_label", "digits", "audio_label", "hf", "image_caption", default="text")
+    format: str = _choices("text", "chat", "text_label", "digits", "audio_label", "hf", "image_caption", "translation",
+                           "number_words", default="text")  # fmt: skip
     train: str | None = None
     eval: str | None = None
     eval_fraction: float = 0.1
@@ -181,6 +195,10 @@ class DataSection:
     audio_seconds: float | None = None
     crops: int = 8
     eval_crops: int = 2
+    n_pairs: int = 2000
+    max_number: int = 9999
+    source_lang: str = "en"
+    target_lang: str = "fr"
 
 
 @dataclass
@@ -214,12 +232,17 @@ class SampleSection:
         prompts: generate from these (causal LM); chat recipes wrap them in the chat template.
         max_new_tokens: length of each sample.
         eval_examples: chat recipes generate answers to this many held-out questions before and
-            after and report the exact-match rate (eval loss and accuracy use the whole eval split).
+            after and report the exact-match rate (eval loss and accuracy use the whole eval split);
+            translation recipes translate this many held-out sources and report BLEU and chrF.
+        num_beams, length_penalty: the search translation recipes evaluate with (beam search
+            when num_beams > 1; see ``zoo.generate``).
     """
 
     prompts: list[str] = field(default_factory=list)
     max_new_tokens: int = 32
     eval_examples: int = 32
+    num_beams: int = 1
+    length_penalty: float = 1.0
 
 
 @dataclass
@@ -251,7 +274,7 @@ class Recipe:
             raise RecipeError(f"data.max_len: must be at least 2, got {self.data.max_len}")
         if not 0.0 <= self.data.eval_fraction < 1.0:
             raise RecipeError(f"data.eval_fraction: must be in [0, 1), got {self.data.eval_fraction}")
-        needs_file = self.data.format in ("text", "chat", "text_label", "image_caption")
+        needs_file = self.data.format in ("text", "chat", "text_label", "image_caption", "translation")
         if self.data.crops < 1 or self.data.eval_crops < 1:
             raise RecipeError(f"data.crops: crops and eval_crops must be at least 1, got "
                               f"{self.data.crops} and {self.data.eval_crops}")  # fmt: skip

@@ -37,7 +37,9 @@ def collate(examples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
             ids[i, :n], mask[i, :n] = e["input_ids"], 1
         batch["input_ids"], batch["attention_mask"] = ids, mask
         if "labels" in examples[0]:
-            labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
+            # As long as input_ids for a causal LM; an encoder-decoder's targets have their own length.
+            T_labels = max(len(e["labels"]) for e in examples)
+            labels = torch.full((len(examples), T_labels), IGNORE, dtype=torch.long)
             for i, e in enumerate(examples):
                 labels[i, : len(e["labels"])] = e["labels"]
             batch["labels"] = labels
@@ -123,6 +125,31 @@ class CausalLMTask:
         labels = batch["labels"][:, 1:]
         hit = (output.logits[:, :-1].argmax(-1) == labels) & (labels != IGNORE)
         return int(hit.sum())
+
+
+class Seq2SeqTask:
+    """An encoder-decoder's teacher-forced translation loss: the model shifts ``labels`` right
+    into its decoder inputs, and its logits at t predict ``labels`` at t. Summed over real target
+    tokens, with ``label_smoothing`` (the Transformer paper's 0.1) spread over the vocabulary."""
+
+    name = "seq2seq_lm"
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.label_smoothing = label_smoothing
+
+    def inputs(self, batch: dict) -> dict:
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+
+    def targets(self, batch: dict) -> int:
+        return int((batch["labels"] != IGNORE).sum())
+
+    def loss_sum(self, output, batch: dict) -> torch.Tensor:
+        return F.cross_entropy(output.logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE,
+                               reduction="sum", label_smoothing=self.label_smoothing)  # fmt: skip
+
+    def correct(self, output, batch: dict) -> int:
+        labels = batch["labels"]
+        return int(((output.logits.argmax(-1) == labels) & (labels != IGNORE)).sum())
 
 
 class ClassificationTask:
@@ -305,6 +332,62 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int):
     )
     tok.train_from_iterator(texts, trainer)
     return Tokenizer(tok, eos_token=eos, pad_token=eos)
+
+
+def train_word_tokenizer(texts: list[str]):
+    """A word-level tokenizer of ``texts`` whose spaces, hyphens and commas are tokens too, so
+    decoding gives back the exact text ("quatre-vingt-dix" -> quatre, -, vingt, -, dix): for small
+    closed vocabularies such as number words, where subwords would only lengthen the sequences."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from zoo.tokenizer import Tokenizer
+
+    pad, eos, unk = "<pad>", "</s>", "<unk>"
+    tok = HFTokenizer(models.WordLevel(unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\-,]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # the separators are tokens: join without adding spaces
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=[pad, eos, unk], show_progress=False))
+    return Tokenizer(tok, eos_token=eos, pad_token=pad)
+
+
+def number_word_pairs(n_pairs: int, max_number: int, source_lang: str, target_lang: str, seed: int) -> list[tuple]:
+    """``n_pairs`` distinct numbers in [0, max_number] written out by num2words in two languages:
+    (source text, target text) pairs, a seeded choice (the same on every run)."""
+    from num2words import num2words
+
+    if n_pairs > max_number + 1:
+        raise ValueError(f"data.n_pairs: {n_pairs} distinct numbers do not fit in [0, {max_number}]")
+    numbers = torch.randperm(max_number + 1, generator=torch.Generator().manual_seed(seed))[:n_pairs].tolist()
+    try:
+        return [(num2words(n, lang=source_lang), num2words(n, lang=target_lang)) for n in numbers]
+    except NotImplementedError as err:
+        raise ValueError(f"data.source_lang: num2words cannot write {err}") from err
+
+
+def read_translation_file(path: str | Path) -> list[tuple[str, str]]:
+    """A TSV of ``source<TAB>target`` lines (blank lines skipped)."""
+    pairs = []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{i}: expected 'source<TAB>target', got {len(parts)} fields")
+        pairs.append((parts[0].strip(), parts[1].strip()))
+    return pairs
+
+
+def translation_examples(tokenizer, pairs: list[tuple[str, str]], max_len: int) -> list[dict]:
+    """(source, target) pairs -> ``input_ids`` (the source) and ``labels`` (the target), each
+    ending in the end token and cut to ``max_len``."""
+    eos = tokenizer.eos_token_id
+    out = []
+    for src, tgt in pairs:
+        ids = [*tokenizer.encode(src, add_special_tokens=False)[: max_len - 1], eos]
+        labels = [*tokenizer.encode(tgt, add_special_tokens=False)[: max_len - 1], eos]
+        out.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)})
+    return out
 
 
 def save_tokenizer(tokenizer, directory: Path) -> None:

@@ -48,8 +48,16 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
     """Learning-rate multiplier at optimizer step ``step`` (0-based).
 
     Linear warmup over ``warmup`` steps from lr/warmup to lr, then ``cosine`` or ``linear``
-    decay to ``min_ratio * lr`` at the last step, or ``constant``.
+    decay to ``min_ratio * lr`` at the last step, or ``constant``; or ``inverse_sqrt``, the
+    Transformer paper's (Vaswani et al. 2017, eq. 3): ``d_model^-0.5 * min(n^-0.5, n *
+    warmup^-1.5)`` at step n = step + 1, which is lr * min(n / warmup, sqrt(warmup / n)) with the
+    peak lr = (d_model * warmup)^-0.5 reached at the end of the warmup.
     """
+    if schedule == "inverse_sqrt":
+        if warmup < 1:
+            raise ValueError("warmup_steps: the inverse_sqrt schedule needs warmup_steps >= 1")
+        n = step + 1
+        return min(n / warmup, math.sqrt(warmup / n))
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
@@ -60,7 +68,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     if schedule == "linear":
         return min_ratio + (1 - min_ratio) * (1 - progress)
-    raise ValueError(f"schedule: unknown schedule {schedule!r}; choose cosine, linear or constant")
+    raise ValueError(f"schedule: unknown schedule {schedule!r}; choose cosine, linear, constant or inverse_sqrt")
 
 
 def build_scheduler(optimizer, total: int, warmup: int, schedule: str, min_ratio: float):

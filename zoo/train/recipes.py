@@ -4,8 +4,10 @@
 
 Causal LMs train on plain text (``format: text``) or chat JSONL (``format: chat``, the loss on
 the answer only); classifiers on ``text_label`` files, a Hugging Face dataset, or scikit-learn's
-digits. Before and after training the recipe shows what changed: generated answers and their
-exact-match rate for chat data, samples for text, accuracy for classifiers.
+digits; encoder-decoders on translation pairs (``format: translation`` TSV, or ``number_words``
+generated with num2words). Before and after training the recipe shows what changed: generated
+answers and their exact-match rate for chat data, samples for text, accuracy for classifiers,
+BLEU and chrF (sacrebleu) of beam-search translations for translation data.
 """
 
 import contextlib
@@ -28,23 +30,29 @@ from zoo.train.data import (
     CausalLMTask,
     ClassificationTask,
     ContrastiveTask,
+    Seq2SeqTask,
     audio_examples,
     chat_example,
     classification_examples,
     digits_examples,
     image_caption_examples,
+    number_word_pairs,
     read_audio_clips,
     read_chat_file,
     read_image_captions,
     read_text_file,
     read_text_label_file,
+    read_translation_file,
     save_tokenizer,
     text_examples,
     train_bpe_tokenizer,
+    train_word_tokenizer,
+    translation_examples,
 )
 from zoo.train.trainer import Trainer, TrainResult
 
 CLASSIFICATION_FORMATS = ("text_label", "digits", "audio_label")
+TRANSLATION_FORMATS = ("translation", "number_words")
 
 
 @dataclass
@@ -61,6 +69,7 @@ class Prepared:
     eval_chats: list[list[dict]] = field(default_factory=list)
     new_weights: list[str] = field(default_factory=list)
     eval_captions: list[str] = field(default_factory=list)  # image_caption: the held-out one per image
+    eval_pairs: list[tuple[str, str]] = field(default_factory=list)  # translation: held-out (source, target)
 
 
 @dataclass
@@ -106,6 +115,21 @@ def _hf_rows(recipe: Recipe) -> list[dict]:
     return list(ds)
 
 
+def translation_pairs(recipe: Recipe) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(train, eval) (source, target) pairs of a translation recipe; eval is ``data.eval`` or a
+    seeded ``eval_fraction`` of train."""
+    d = recipe.data
+    try:
+        if d.format == "number_words":
+            pairs = number_word_pairs(d.n_pairs, d.max_number, d.source_lang, d.target_lang, recipe.train.seed)
+        else:
+            pairs = read_translation_file(resolve_path(d.train))
+        held = read_translation_file(resolve_path(d.eval)) if d.eval else None
+    except ValueError as err:
+        raise RecipeError(str(err) if str(err).startswith("data.") else f"data.train: {err}") from err
+    return (pairs, held) if held is not None else _split(pairs, d.eval_fraction, recipe.train.seed)
+
+
 def build_tokenizer(recipe: Recipe, run_dir: Path):
     """The recipe's tokenizer; ``bpe:N`` trains one on the training text (kept in run_dir/tokenizer)."""
     from zoo.hub import resolve_checkpoint
@@ -121,13 +145,27 @@ def build_tokenizer(recipe: Recipe, run_dir: Path):
                 "or to bpe:N to train an N-token BPE on the training text"
             )
         return load_tokenizer(resolve_checkpoint(recipe.model.path))
+    saved = run_dir / "tokenizer"
+    if spec == "words":
+        if recipe.data.format not in TRANSLATION_FORMATS:
+            raise RecipeError(
+                f"tokenizer: words builds a word-level vocabulary of translation pairs (data.format: "
+                f"{' or '.join(TRANSLATION_FORMATS)}), not of {recipe.data.format!r} data"
+            )
+        if recipe.train.resume and (saved / "tokenizer.json").is_file():
+            return load_tokenizer(saved)
+        train, _ = translation_pairs(recipe)
+        # One vocabulary for both languages: the Transformer shares its embeddings between them.
+        tokenizer = train_word_tokenizer([text for pair in train for text in pair])
+        if os.environ.get("RANK", "0") == "0":
+            save_tokenizer(tokenizer, saved)
+        return tokenizer
     match = re.fullmatch(r"bpe:(\d+)", spec)
     if match is None:
         try:
             return load_tokenizer(resolve_checkpoint(spec))
         except ValueError as err:
             raise RecipeError(f"tokenizer: {err}") from err
-    saved = run_dir / "tokenizer"
     if recipe.train.resume and (saved / "tokenizer.json").is_file():
         return load_tokenizer(saved)  # the vocabulary the checkpoints were trained with
     if recipe.data.format == "image_caption":
@@ -218,6 +256,12 @@ def build_model(recipe: Recipe, tokenizer, num_labels: int | None) -> tuple[nn.M
             overrides.setdefault("vocab_size", tokenizer.vocab_size)
         if num_labels is not None and _has_labels(variant.config):
             overrides.setdefault("n_labels", num_labels)
+        if tokenizer is not None and "decoder_start_token_id" in type(variant.config).field_names():
+            # An encoder-decoder trained from scratch speaks the tokenizer's special tokens; the
+            # decoder starts from the pad token, as Marian's do.
+            overrides.setdefault("pad_token_id", tokenizer.pad_token_id)
+            overrides.setdefault("eos_token_id", tokenizer.eos_token_id)
+            overrides.setdefault("decoder_start_token_id", tokenizer.pad_token_id)
         if tokenizer is not None and "text" in type(variant.config).field_names():
             overrides["text"] = _text_tower_for(tokenizer, dict(overrides.get("text") or {}))
         try:
@@ -253,6 +297,16 @@ def _check_task(recipe: Recipe, model: nn.Module) -> object:
         return ContrastiveTask()
     if hasattr(model, "encode_image") and hasattr(model, "encode_text"):
         raise RecipeError(f"data.format: an image-text model trains on image_caption data, not {recipe.data.format!r}")
+    is_seq2seq = getattr(model, "task", "") == "seq2seq_lm"
+    if (recipe.data.format in TRANSLATION_FORMATS) != is_seq2seq:
+        raise RecipeError(
+            f"data.format: translation data ({', '.join(TRANSLATION_FORMATS)}) trains an encoder-decoder; "
+            f"data.format is {recipe.data.format!r} and the model's task {model.task!r}"
+        )
+    if is_seq2seq:
+        return Seq2SeqTask(recipe.train.label_smoothing)
+    if recipe.train.label_smoothing:
+        raise RecipeError("train.label_smoothing: only encoder-decoders (translation data) use it")
     wants_classes = _is_classification(recipe)
     is_lm = getattr(model, "task", "") == "causal_lm"
     if wants_classes and is_lm:
@@ -274,7 +328,12 @@ def prepare(recipe: Recipe) -> Prepared:
     label_names: list[str] = []
     eval_chats: list[list[dict]] = []
     train_raw = eval_raw = None
-    if d.format == "text":
+    eval_pairs: list[tuple[str, str]] = []
+    if d.format in TRANSLATION_FORMATS:
+        train_pairs, eval_pairs = translation_pairs(recipe)
+        train = translation_examples(tokenizer, train_pairs, d.max_len)
+        eval_ = translation_examples(tokenizer, eval_pairs, d.max_len)
+    elif d.format == "text":
         train = text_examples(tokenizer, read_text_file(d.train), d.max_len)
         eval_ = text_examples(tokenizer, read_text_file(d.eval), d.max_len) if d.eval else None
     elif d.format == "chat":
@@ -360,7 +419,7 @@ def prepare(recipe: Recipe) -> Prepared:
     if tokenizer is not None:
         pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     return Prepared(model, task, train, eval_ or [], tokenizer, pad_id, label_names, eval_chats, new_weights,
-                    eval_captions)  # fmt: skip
+                    eval_captions, eval_pairs)  # fmt: skip
 
 
 # --- before / after ------------------------------------------------------------------------
@@ -398,6 +457,58 @@ def generate_texts(model: nn.Module, tokenizer, prompts: list[list[int]], max_ne
     return texts
 
 
+def translate(model: nn.Module, tokenizer, sources: list[str], max_new_tokens: int, num_beams: int = 1,
+              length_penalty: float = 1.0, batch_size: int = 64) -> list[str]:  # fmt: skip
+    """An encoder-decoder's translations of ``sources`` (right-padded batches, ``zoo.generate``
+    with the model's end token), decoded without the start token and what follows the end token."""
+    from zoo.generation import generate
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    limit = model.config.max_seq_len
+    beams = {"num_beams": num_beams, "length_penalty": length_penalty} if num_beams > 1 else {}
+    was_training = model.training
+    model.eval()
+    out_texts = []
+    try:
+        for start in range(0, len(sources), batch_size):
+            batch = tokenizer(sources[start : start + batch_size], add_special_tokens=False)
+            ids = torch.cat([batch["input_ids"], torch.full((len(batch["input_ids"]), 1), pad)], dim=1)
+            mask = torch.cat([batch["attention_mask"], torch.zeros(len(ids), 1, dtype=torch.long)], dim=1)
+            lengths = mask.sum(1)
+            ids[torch.arange(len(ids)), lengths] = eos  # each source ends in the end token, as in training
+            mask[torch.arange(len(ids)), lengths] = 1
+            new = min(max_new_tokens, limit - 1) if limit is not None else max_new_tokens
+            out = generate(model, ids[:, :limit].to(device), mask[:, :limit].to(device), max_new_tokens=new,
+                           eos_token_id=eos, pad_token_id=pad, **beams)  # fmt: skip
+            for row in out[:, 1:].tolist():
+                end = row.index(eos) if eos in row else len(row)
+                out_texts.append(tokenizer.decode(row[:end]))
+    finally:
+        model.train(was_training)
+    return out_texts
+
+
+def translation_report(model: nn.Module, tokenizer, pairs: list[tuple[str, str]], s) -> dict:
+    """BLEU and chrF (sacrebleu, corpus level) of the model's translations of held-out pairs."""
+    import sacrebleu
+
+    pairs = pairs[: s.eval_examples]
+    hypotheses = translate(model, tokenizer, [src for src, _ in pairs], s.max_new_tokens, s.num_beams,
+                           s.length_penalty)  # fmt: skip
+    references = [[tgt for _, tgt in pairs]]
+    exact = sum(h == tgt for h, (_, tgt) in zip(hypotheses, pairs, strict=True)) / len(pairs)
+    return {
+        "bleu": sacrebleu.corpus_bleu(hypotheses, references).score,
+        "chrf": sacrebleu.corpus_chrf(hypotheses, references).score,
+        "exact_match": exact,
+        "translations": hypotheses,
+        "search": f"beam search, {s.num_beams} beams, length penalty {s.length_penalty}"
+        if s.num_beams > 1
+        else "greedy",
+    }
+
+
 def _normalise(text: str) -> str:
     return re.sub(r"[\s.!?]+$", "", text.strip().lower())
 
@@ -427,6 +538,12 @@ def show(recipe: Recipe, prep: Prepared, trainer: Trainer) -> dict:
         from zoo.families.clip.zero_shot import retrieval_report
 
         report.update(retrieval_report(trainer.model, tok, prep.label_names, prep.eval, prep.eval_captions))
+    if prep.eval_pairs:
+        report.update(translation_report(trainer.model, tok, prep.eval_pairs, s))
+        if s.prompts:
+            translations = translate(trainer.model, tok, s.prompts, s.max_new_tokens, s.num_beams, s.length_penalty)
+            report["samples"] = [f"{p} -> {t}" for p, t in zip(s.prompts, translations, strict=True)]
+        return report
     if s.prompts and tok is not None:
         prompts = [tok.encode(p, add_special_tokens=False) for p in s.prompts]
         continuations = generate_texts(trainer.model, tok, prompts, s.max_new_tokens)
@@ -449,7 +566,15 @@ def _print_comparison(prep: Prepared, before: dict, after: dict, log) -> None:
             f"{before['text_to_image_top1']:.1%} -> {after['text_to_image_top1']:.1%}")  # fmt: skip
     elif prep.label_names and "eval_accuracy" in before:
         log(f"eval accuracy:  {before['eval_accuracy']:.1%} -> {after['eval_accuracy']:.1%}")
-    if "exact_match" in before:
+    if "bleu" in before:
+        n = len(before["translations"])
+        log(f"BLEU on {n} held-out sources ({after['search']}): {before['bleu']:.1f} -> {after['bleu']:.1f}")
+        log(f"chrF on {n} held-out sources: {before['chrf']:.1f} -> {after['chrf']:.1f}")
+        log(f"exact translations: {before['exact_match']:.0%} -> {after['exact_match']:.0%}")
+        log(f"\n  {'source':<40}  {'reference':<40}  after")
+        for (src, tgt), hyp in list(zip(prep.eval_pairs, after["translations"], strict=False))[:8]:
+            log(f"  {_clip(src, 40):<40}  {_clip(tgt, 40):<40}  {_clip(hyp, 40)} [{'ok' if hyp == tgt else '--'}]")
+    elif "exact_match" in before:
         n = len(before["answers"])
         log(f"exact-match answers on {n} held-out questions: {before['exact_match']:.0%} -> {after['exact_match']:.0%}")
         rows = [(c[-2]["content"], c[-1]["content"], b, a)
