@@ -309,7 +309,7 @@ def _check_task(recipe: Recipe, model: nn.Module) -> object:
     is_seq2seq = getattr(model, "task", "") == "seq2seq_lm"
     if (recipe.data.format in SEQ2SEQ_FORMATS) != is_seq2seq:
         raise RecipeError(
-            f"data.format: translation and denoising data ({', '.join(SEQ2SEQ_FORMATS)}) train an encoder-decoder; "
+            f"data.format: translation data or text to denoise ({', '.join(SEQ2SEQ_FORMATS)}) trains an encoder-decoder; "
             f"data.format is {recipe.data.format!r} and the model's task {model.task!r}"
         )
     if is_seq2seq:
