@@ -309,8 +309,8 @@ def _check_task(recipe: Recipe, model: nn.Module) -> object:
     is_seq2seq = getattr(model, "task", "") == "seq2seq_lm"
     if (recipe.data.format in SEQ2SEQ_FORMATS) != is_seq2seq:
         raise RecipeError(
-            f"data.format: translation data or text to denoise ({', '.join(SEQ2SEQ_FORMATS)}) trains an encoder-decoder; "
-            f"data.format is {recipe.data.format!r} and the model's task {model.task!r}"
+            f"data.format: translation data or text to denoise ({', '.join(SEQ2SEQ_FORMATS)}) trains an "
+            f"encoder-decoder; data.format is {recipe.data.format!r} and the model's task {model.task!r}"
         )
     if is_seq2seq:
         return Seq2SeqTask(recipe.train.label_smoothing)
