@@ -237,6 +237,9 @@ def read_architecture(path: Path, task: str | None = None) -> tuple[Family, str,
     if (reference := _reference_config(path)) is not None:
         where = reference[0]  # config.json, or another format's config file a family names
         hf_config = read_json(where)
+        if (path / "generation_config.json").exists():
+            # transformers 5 keeps generate's defaults there (BART's forced tokens), over config.json's.
+            hf_config["generation_config"] = read_json(path / "generation_config.json")
         family = detect_family(hf_config, path)
         task = task_from_hf(family, hf_config, task)
         try:
@@ -319,7 +322,10 @@ def from_pretrained(
             _set_label_names(model, source.get("label_names"), path / ZOO_CONFIG)
         else:
             config_file, weight_files = _reference_config(path)
-            load_converted(model, read_weights(path, weight_files), family.rules(config, task), source_name=str(path))
+            state = read_weights(path, weight_files)
+            for key, value in (family.missing_defaults(config, task) if family.missing_defaults else {}).items():
+                state.setdefault(key, value)
+            load_converted(model, state, family.rules(config, task), source_name=str(path))
             _set_label_names(model, _labels_from_hf(source, config_file), config_file)
     if quantization is not None and not path.is_file():
         from zoo.quant import check_quantization, quantize

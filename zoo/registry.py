@@ -34,6 +34,10 @@ class Family:
             ``open_clip_pytorch_model.bin``); the config's dict goes to config_from_hf.
         export_files: optional Config -> (config file, weights file) names that
             ``save_pretrained(format="hf")`` writes (default config.json, model.safetensors).
+        missing_defaults: optional (Config, task) -> {reference key: tensor}: keys a reference
+            checkpoint may lack and the values its reference then fills in (transformers'
+            ``_keys_to_ignore_on_load_missing``: BART's zero ``final_logits_bias``); any other
+            absent key is still an error.
     """
 
     name: str
@@ -50,6 +54,7 @@ class Family:
     parity: Any = None
     config_files: dict[str, tuple[str, ...]] = field(default_factory=dict)
     export_files: Callable[[Config], tuple[str, str]] | None = None
+    missing_defaults: Callable[[Config, str], dict] | None = None
 
     def model_class(self, task: str | None) -> type[nn.Module]:
         if task is None:

@@ -113,6 +113,36 @@ def _token_text(value) -> str | None:
     return value
 
 
+# What an older BART or RoBERTa directory (vocab.json + merges.txt, no tokenizer.json) means by its
+# special tokens when tokenizer_config.json does not say.
+_ROBERTA_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+
+
+def _byte_level_bpe(path: Path, config: dict) -> _HFTokenizer:
+    """GPT-2-style byte-level BPE from vocab.json + merges.txt, as transformers' slow BART, RoBERTa
+    and GPT-2 tokenizers read them. A BART/RoBERTa tokenizer (tokenizer_config.json's
+    tokenizer_class, or a vocabulary holding <s> and </s>) wraps each text in <s> ... </s>, as
+    theirs do."""
+    from tokenizers import decoders, models, pre_tokenizers, processors
+
+    backend = _HFTokenizer(models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt")))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space", False)))
+    backend.decoder = decoders.ByteLevel()
+    vocab = backend.get_vocab()
+    kind = str(config.get("tokenizer_class") or "")
+    if kind.startswith(("Bart", "Roberta")) or ("<s>" in vocab and "</s>" in vocab and "gpt2" not in kind.lower()):
+        specials = {k: _token_text(config.get(k)) or v for k, v in _ROBERTA_SPECIALS.items()}
+        # transformers' BartTokenizer built from these two files keeps <mask> as the vocabulary
+        # holds it: a special token that leaves the space before it a token of its own.
+        mask = _token_text(config.get("mask_token")) or "<mask>"
+        backend.add_special_tokens([t for t in [*specials.values(), mask] if t in vocab])
+        bos, eos = specials["bos_token"], specials["eos_token"]
+        backend.post_processor = processors.RobertaProcessing((eos, vocab[eos]), (bos, vocab[bos]))
+        for key, value in specials.items():
+            config.setdefault(key, value)
+    return backend
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """The tokenizer of a checkpoint directory (tokenizer.json) or single file (e.g. ``.gguf``)."""
     path = Path(path)
@@ -126,7 +156,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             raise ValueError(f"{path}: no tokenizer reader for {path.suffix or 'files without suffix'} files")
         return loader(path)
     file = path / "tokenizer.json"
-    if not file.exists():
+    has_bpe_files = (path / "vocab.json").exists() and (path / "merges.txt").exists()
+    if not file.exists() and not has_bpe_files:
         spm = sorted(p.name for p in path.glob("*.model"))
         if spm:
             # T5, Marian and others ship a sentencepiece model; zoo reads tokenizers' format only.
@@ -135,14 +166,14 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
                 "beside it once with transformers (AutoTokenizer.from_pretrained(dir).save_pretrained(dir)), or "
                 "download the repository's tokenizer.json (google-t5/t5-small and flan-t5 have one)"
             )
-        raise ValueError(f"{path}: no tokenizer.json in this directory")
+        raise ValueError(f"{path}: no tokenizer.json (nor vocab.json + merges.txt) in this directory")
     config = {}
     if (path / "tokenizer_config.json").exists():
         config = json.loads((path / "tokenizer_config.json").read_text())
     template = config.get("chat_template")
     if template is None and (path / "chat_template.jinja").exists():
         template = (path / "chat_template.jinja").read_text()
-    backend = _HFTokenizer.from_file(str(file))
+    backend = _HFTokenizer.from_file(str(file)) if file.exists() else _byte_level_bpe(path, config)
     pad_token = _token_text(config.get("pad_token"))
     if backend.padding is not None:
         # A tokenizer.json may pad every text to a fixed length (all-MiniLM-L6-v2's pads to 128):

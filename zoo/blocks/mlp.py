@@ -40,8 +40,9 @@ class MLP(nn.Module):
         gated: if True, ``down(act(gate(x)) * up(x))`` (SwiGLU with silu); else ``down(act(up(x)))``.
         bias: whether the projections carry biases.
         dropout: dropout on the output.
-        hidden_dropout: dropout on the hidden activations, before ``down`` (T5 drops there, and
-            its layer drops the output again as residual dropout).
+        act_dropout: dropout on the hidden activations, before ``down`` (transformers' BART and
+            Marian call it ``activation_dropout``; T5 drops there too, and its layer drops the
+            output again as residual dropout).
     """
 
     def __init__(
@@ -52,7 +53,7 @@ class MLP(nn.Module):
         gated: bool = False,
         bias: bool = True,
         dropout: float = 0.0,
-        hidden_dropout: float = 0.0,
+        act_dropout: float = 0.0,
     ):
         super().__init__()
         self.up = nn.Linear(d_model, d_ff, bias=bias)
@@ -60,7 +61,7 @@ class MLP(nn.Module):
         self.down = nn.Linear(d_ff, d_model, bias=bias)
         self.act = get_activation(activation)
         self.dropout = nn.Dropout(dropout)
-        self.hidden_dropout = nn.Dropout(hidden_dropout)
+        self.act_dropout = nn.Dropout(act_dropout)
         self.gate_up: nn.Module | None = None  # see fuse_gate_up
 
     def fuse_gate_up(self, gate_up: nn.Module) -> None:
@@ -79,17 +80,15 @@ class MLP(nn.Module):
             h = self.act(self.up(x))
         else:
             h = self.act(self.gate(x)) * self.up(x)
-        return self.dropout(self.down(self.hidden_dropout(h)))
+        return self.dropout(self.down(self.act_dropout(h)))
 
 
 def make_mlp(
-    kind: str, d_model: int, d_ff: int, bias: bool = True, dropout: float = 0.0, hidden_dropout: float = 0.0
+    kind: str, d_model: int, d_ff: int, bias: bool = True, dropout: float = 0.0, act_dropout: float = 0.0
 ) -> MLP:
     """An MLP by kind: an activation name gives a plain MLP, ``swiglu``/``geglu`` a gated one."""
     if kind in GATED_MLPS:
-        return MLP(
-            d_model, d_ff, GATED_MLPS[kind], gated=True, bias=bias, dropout=dropout, hidden_dropout=hidden_dropout
-        )
+        return MLP(d_model, d_ff, GATED_MLPS[kind], gated=True, bias=bias, dropout=dropout, act_dropout=act_dropout)
     if kind in _ACTIVATIONS:
-        return MLP(d_model, d_ff, kind, gated=False, bias=bias, dropout=dropout, hidden_dropout=hidden_dropout)
+        return MLP(d_model, d_ff, kind, gated=False, bias=bias, dropout=dropout, act_dropout=act_dropout)
     raise ValueError(f"mlp: unknown MLP kind {kind!r}; choose one of {', '.join(MLP_KINDS)}")

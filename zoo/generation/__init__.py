@@ -3,17 +3,17 @@ encoder-decoders alike.
 
 ``generate(model, input_ids, ...)`` takes transformers' keyword names (max_new_tokens, do_sample,
 temperature, top_k, top_p, repetition_penalty, num_beams, length_penalty, early_stopping,
-eos_token_id, pad_token_id) and follows its order of logits processing and its beam search, so
-greedy and beam outputs are token for token those of transformers on the same weights. For a
-causal LM the result holds the prompt followed by the new tokens; for an encoder-decoder the
-decoder start token followed by the new tokens (the source is not part of it). ``stream(...)``
-yields each step's tokens as they come.
+eos_token_id, pad_token_id, forced_bos_token_id, forced_eos_token_id) and follows its order of
+logits processing and its beam search, so greedy and beam outputs are token for token those of
+transformers on the same weights. For a causal LM the result holds the prompt followed by the
+new tokens; for an encoder-decoder the decoder start token followed by the new tokens (the
+source is not part of it). ``stream(...)`` yields each step's tokens as they come.
 
 The package by concern: ``config`` (GenerationConfig), ``processing`` (the logits processors,
-in transformers' order: repetition penalty, then min_new_tokens, then, when sampling,
-temperature, top-k and top-p), ``state`` (the decoding states models return from
-``start_decoding``: ``Decoder`` for causal LMs, ``Seq2SeqDecoder`` for encoder-decoders),
-``search`` (the loops) and ``streaming`` (TextStreamer).
+in transformers' order: repetition penalty, then min_new_tokens, then the forced first and last
+tokens, then, when sampling, temperature, top-k and top-p), ``state`` (the decoding states
+models return from ``start_decoding``: ``Decoder`` for causal LMs, ``Seq2SeqDecoder`` for
+encoder-decoders), ``search`` (the loops) and ``streaming`` (TextStreamer).
 """
 
 import contextlib
@@ -57,7 +57,7 @@ def _check_inputs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     if input_ids.is_floating_point():
         raise ValueError(f"input_ids: expected integer token ids, got {input_ids.dtype}")
     vocab = model.config.vocab_size
-    for name in ("eos_token_id", "pad_token_id"):
+    for name in ("eos_token_id", "pad_token_id", "forced_bos_token_id", "forced_eos_token_id"):
         values = getattr(c, name)
         for v in values if isinstance(values, tuple) else (values,):
             if v is not None and v >= vocab:
@@ -142,6 +142,8 @@ def generate(
     early_stopping: bool | str = False,
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
+    forced_bos_token_id: int | list[int] | None = None,
+    forced_eos_token_id: int | list[int] | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
@@ -174,6 +176,11 @@ def generate(
             None: the model's default (``generation_defaults``: none for a causal LM, the
             config's for an encoder-decoder; pass [] for no end token there).
         pad_token_id: fills the rows that have stopped (default: the model's, else the first end token).
+        forced_bos_token_id: the token chosen first whatever the logits (transformers' forced BOS,
+            at the step where the sequence holds one token: an encoder-decoder's start token).
+            None: the model's default (``generation_defaults``; [] for none).
+        forced_eos_token_id: the end token(s) allowed, alone, at the last step max_new_tokens
+            allows. None: the model's default (``generation_defaults``; [] for none).
         seed: seed of a private random generator, for reproducible sampling.
         generator: a ``torch.Generator`` to sample with (instead of ``seed``).
         use_cache: False recomputes the whole prefix each step (slow; for checking the cache).

@@ -20,20 +20,25 @@ class GenerationConfig:
     early_stopping: bool | str = False
     eos_token_id: tuple[int, ...] = field(default=())
     pad_token_id: int | None = None
+    forced_bos_token_id: tuple[int, ...] = field(default=())
+    forced_eos_token_id: tuple[int, ...] = field(default=())
     seed: int | None = None
     use_cache: bool = True
 
     def __post_init__(self):
-        eos = self.eos_token_id
-        eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
-        object.__setattr__(self, "eos_token_id", eos)
+        for name in ("eos_token_id", "forced_bos_token_id", "forced_eos_token_id"):
+            ids = getattr(self, name)
+            ids = () if ids is None else (ids,) if isinstance(ids, int) else tuple(ids)
+            object.__setattr__(self, name, ids)
+        if len(self.forced_bos_token_id) > 1:
+            raise ValueError(f"forced_bos_token_id: one token can be forced first, got {self.forced_bos_token_id}")
         for name, low in (("max_new_tokens", 1), ("min_new_tokens", 0), ("num_beams", 1)):
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
         if self.min_new_tokens > self.max_new_tokens:
             raise ValueError(f"min_new_tokens: {self.min_new_tokens} is more than max_new_tokens={self.max_new_tokens}")
-        for name in ("eos_token_id", "pad_token_id", "seed"):
+        for name in ("eos_token_id", "pad_token_id", "forced_bos_token_id", "forced_eos_token_id", "seed"):
             values = getattr(self, name)
             for v in values if isinstance(values, tuple) else (values,):
                 if v is not None and (not _is_int(v) or v < 0):

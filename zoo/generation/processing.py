@@ -1,5 +1,5 @@
 """Logits processing, in transformers' order: repetition penalty, then min_new_tokens (end tokens
-banned), then, when sampling, temperature, top-k and top-p."""
+banned), then the forced first and last tokens, then, when sampling, temperature, top-k and top-p."""
 
 import torch
 from torch.nn import functional as F
@@ -51,6 +51,11 @@ def apply_top_p(scores: torch.Tensor, p: float) -> torch.Tensor:
     return scores.masked_fill(drop, float("-inf"))
 
 
+def _force(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """-inf everywhere but at ``tokens`` (K,), which get 0: (N, V) -> (N, V)."""
+    return torch.full_like(scores, float("-inf")).index_fill(1, tokens, 0.0)
+
+
 class _Processor:
     """The logits processing of one generate call, in transformers' order."""
 
@@ -59,6 +64,12 @@ class _Processor:
         self.prompt_len = prompt_len
         self.start = start
         self.eos = torch.tensor(config.eos_token_id, device=device) if config.eos_token_id else None
+        self.forced_bos = (
+            torch.tensor(config.forced_bos_token_id, device=device) if config.forced_bos_token_id else None
+        )
+        self.forced_eos = (
+            torch.tensor(config.forced_eos_token_id, device=device) if config.forced_eos_token_id else None
+        )
 
     def __call__(self, scores: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         c = self.c
@@ -66,6 +77,14 @@ class _Processor:
             scores = apply_repetition_penalty(scores, sequences, c.repetition_penalty, self.start)
         if self.eos is not None and sequences.shape[1] - self.prompt_len < c.min_new_tokens:
             scores = scores.index_fill(1, self.eos, float("-inf"))
+        # transformers' ForcedBOS/ForcedEOSTokenLogitsProcessor: when the sequence holds one token
+        # (an encoder-decoder's start token), and when one place is left before prompt +
+        # max_new_tokens, only the forced tokens stay possible, each with score 0.
+        length = sequences.shape[1]
+        if self.forced_bos is not None and length == 1:
+            scores = _force(scores, self.forced_bos)
+        if self.forced_eos is not None and length == self.prompt_len + c.max_new_tokens - 1:
+            scores = _force(scores, self.forced_eos)
         if c.do_sample:
             if c.temperature != 1.0:
                 scores = scores / c.temperature

@@ -166,7 +166,10 @@ class DataSection:
             pairs for CLIP; the last caption of each image is held out, see ``zoo.train.data``),
             ``translation`` (TSV: source, tab, target; for encoder-decoders) or ``number_words``
             (translation pairs generated with num2words: ``n_pairs`` distinct numbers up to
-            ``max_number`` written in ``source_lang`` and ``target_lang``).
+            ``max_number`` written in ``source_lang`` and ``target_lang``), or ``denoising`` (a
+            plain text file whose sentences an encoder-decoder learns to reconstruct from BART's
+            text infilling: ``mask_ratio`` of the words masked in Poisson(``poisson_lambda``)
+            spans, one mask each; ``noise_copies`` noised versions of each training sentence).
         train: the training file (text, chat, text_label, image_caption; audio_label: a directory or .npz).
         eval: an evaluation file (default: ``eval_fraction`` of ``train`` is held out).
         eval_fraction: held out of ``train`` when ``eval`` is not given.
@@ -181,10 +184,11 @@ class DataSection:
         crops, eval_crops: image_caption: augmented crops of each image for training, and for
             evaluation (the first one the plain center crop, the others augmented with other seeds).
         n_pairs, max_number, source_lang, target_lang: number_words (num2words language codes).
+        mask_ratio, poisson_lambda, noise_copies: denoising (see ``zoo.train.denoising``).
     """
 
     format: str = _choices("text", "chat", "text_label", "digits", "audio_label", "hf", "image_caption", "translation",
-                           "number_words", default="text")  # fmt: skip
+                           "number_words", "denoising", default="text")  # fmt: skip
     train: str | None = None
     eval: str | None = None
     eval_fraction: float = 0.1
@@ -204,6 +208,9 @@ class DataSection:
     max_number: int = 9999
     source_lang: str = "en"
     target_lang: str = "fr"
+    mask_ratio: float = 0.3
+    poisson_lambda: float = 3.0
+    noise_copies: int = 8
 
 
 @dataclass
@@ -279,7 +286,13 @@ class Recipe:
             raise RecipeError(f"data.max_len: must be at least 2, got {self.data.max_len}")
         if not 0.0 <= self.data.eval_fraction < 1.0:
             raise RecipeError(f"data.eval_fraction: must be in [0, 1), got {self.data.eval_fraction}")
-        needs_file = self.data.format in ("text", "chat", "text_label", "image_caption", "translation")
+        needs_file = self.data.format in ("text", "chat", "text_label", "image_caption", "translation", "denoising")
+        if not 0.0 <= self.data.mask_ratio < 1.0:
+            raise RecipeError(f"data.mask_ratio: must be in [0, 1), got {self.data.mask_ratio}")
+        if not self.data.poisson_lambda > 0:
+            raise RecipeError(f"data.poisson_lambda: must be > 0, got {self.data.poisson_lambda}")
+        if self.data.noise_copies < 1:
+            raise RecipeError(f"data.noise_copies: must be at least 1, got {self.data.noise_copies}")
         if self.data.crops < 1 or self.data.eval_crops < 1:
             raise RecipeError(f"data.crops: crops and eval_crops must be at least 1, got "
                               f"{self.data.crops} and {self.data.eval_crops}")  # fmt: skip

@@ -49,11 +49,13 @@ from zoo.train.data import (
     train_word_tokenizer,
     translation_examples,
 )
+from zoo.train.denoising import denoising_examples, reconstruction_report, split_sentences, train_denoising_tokenizer
 from zoo.train.distributed import is_fsdp_sharded
 from zoo.train.trainer import Trainer, TrainResult
 
 CLASSIFICATION_FORMATS = ("text_label", "digits", "audio_label")
 TRANSLATION_FORMATS = ("translation", "number_words")
+SEQ2SEQ_FORMATS = (*TRANSLATION_FORMATS, "denoising")
 
 
 @dataclass
@@ -71,6 +73,8 @@ class Prepared:
     new_weights: list[str] = field(default_factory=list)
     eval_captions: list[str] = field(default_factory=list)  # image_caption: the held-out one per image
     eval_pairs: list[tuple[str, str]] = field(default_factory=list)  # translation: held-out (source, target)
+    # denoising: noised texts to reconstruct, by set (held-out sentences; training ones, new noise)
+    denoise_eval: dict[str, list[dict]] = field(default_factory=dict)
 
 
 @dataclass
@@ -173,6 +177,11 @@ def build_tokenizer(recipe: Recipe, run_dir: Path):
         # The captions, and the prompts zero-shot evaluation builds from the labels.
         rows = read_image_captions(recipe.data.train)
         texts = [c for r in rows for c in r["captions"]] + [f"a photo of a {r['label']}." for r in rows]
+    elif recipe.data.format == "denoising":
+        tokenizer = train_denoising_tokenizer(split_sentences(read_text_file(recipe.data.train)), int(match.group(1)))
+        if os.environ.get("RANK", "0") == "0":
+            save_tokenizer(tokenizer, saved)
+        return tokenizer
     elif recipe.data.format == "text":
         texts = read_text_file(recipe.data.train)
     else:
@@ -319,10 +328,10 @@ def _check_task(recipe: Recipe, model: nn.Module) -> object:
     if hasattr(model, "encode_image") and hasattr(model, "encode_text"):
         raise RecipeError(f"data.format: an image-text model trains on image_caption data, not {recipe.data.format!r}")
     is_seq2seq = getattr(model, "task", "") == "seq2seq_lm"
-    if (recipe.data.format in TRANSLATION_FORMATS) != is_seq2seq:
+    if (recipe.data.format in SEQ2SEQ_FORMATS) != is_seq2seq:
         raise RecipeError(
-            f"data.format: translation data ({', '.join(TRANSLATION_FORMATS)}) trains an encoder-decoder; "
-            f"data.format is {recipe.data.format!r} and the model's task {model.task!r}"
+            f"data.format: translation data or text to denoise ({', '.join(SEQ2SEQ_FORMATS)}) trains an "
+            f"encoder-decoder; data.format is {recipe.data.format!r} and the model's task {model.task!r}"
         )
     if is_seq2seq:
         return Seq2SeqTask(recipe.train.label_smoothing)
@@ -350,10 +359,27 @@ def prepare(recipe: Recipe) -> Prepared:
     eval_chats: list[list[dict]] = []
     train_raw = eval_raw = None
     eval_pairs: list[tuple[str, str]] = []
+    denoise_eval: dict[str, list[dict]] = {}
     if d.format in TRANSLATION_FORMATS:
         train_pairs, eval_pairs = translation_pairs(recipe)
         train = translation_examples(tokenizer, train_pairs, d.max_len)
         eval_ = translation_examples(tokenizer, eval_pairs, d.max_len)
+    elif d.format == "denoising":
+        train_texts = split_sentences(read_text_file(d.train))
+        eval_texts = split_sentences(read_text_file(d.eval)) if d.eval else None
+        if eval_texts is None:
+            train_texts, eval_texts = _split(train_texts, d.eval_fraction, seed)
+        noise = {"ratio": d.mask_ratio, "poisson_lambda": d.poisson_lambda}
+        try:
+            train = denoising_examples(tokenizer, train_texts, d.max_len, seed, d.noise_copies, **noise)
+            eval_ = denoising_examples(tokenizer, eval_texts, d.max_len, seed + 1, 1, **noise)
+            n = recipe.sample.eval_examples
+            denoise_eval = {
+                "held-out sentences": eval_[:n],
+                "training sentences, new noise": denoising_examples(tokenizer, train_texts[:n], d.max_len, seed + 2),
+            }
+        except ValueError as err:
+            raise RecipeError(str(err)) from err
     elif d.format == "text":
         train = text_examples(tokenizer, read_text_file(d.train), d.max_len)
         eval_ = text_examples(tokenizer, read_text_file(d.eval), d.max_len) if d.eval else None
@@ -440,7 +466,7 @@ def prepare(recipe: Recipe) -> Prepared:
     if tokenizer is not None:
         pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     return Prepared(model, task, train, eval_ or [], tokenizer, pad_id, label_names, eval_chats, new_weights,
-                    eval_captions, eval_pairs)  # fmt: skip
+                    eval_captions, eval_pairs, denoise_eval)  # fmt: skip
 
 
 # --- before / after ------------------------------------------------------------------------
@@ -576,6 +602,12 @@ def show(recipe: Recipe, prep: Prepared, trainer: Trainer) -> dict:
         from zoo.families.clip.zero_shot import retrieval_report
 
         report.update(retrieval_report(trainer.model, tok, prep.label_names, prep.eval, prep.eval_captions))
+    if prep.denoise_eval:
+        report["reconstruction"] = {
+            name: reconstruction_report(trainer.model, tok, examples, s.max_new_tokens, s.num_beams, s.length_penalty)
+            for name, examples in prep.denoise_eval.items()
+        }
+        return report
     if prep.eval_pairs:
         report.update(translation_report(trainer.model, tok, prep.eval_pairs, s))
         if s.prompts:
@@ -602,6 +634,16 @@ def _print_comparison(prep: Prepared, before: dict, after: dict, log) -> None:
         )
         log(f"text->image top-1 over {k} crops, {n} held-out captions: "
             f"{before['text_to_image_top1']:.1%} -> {after['text_to_image_top1']:.1%}")  # fmt: skip
+    elif "reconstruction" in before:
+        log(f"token accuracy (teacher-forced, held-out): {before['eval_accuracy']:.1%} -> {after['eval_accuracy']:.1%}")
+        for name, b in before["reconstruction"].items():
+            a, n = after["reconstruction"][name], len(b["references"])
+            log(f"{name} ({n}): exact reconstructions {b['exact_match']:.0%} -> {a['exact_match']:.0%}, "
+                f"chrF {b['chrf']:.1f} -> {a['chrf']:.1f}")  # fmt: skip
+        a = after["reconstruction"]["held-out sentences"]
+        for src, ref, hyp in list(zip(a["sources"], a["references"], a["reconstructions"], strict=True))[:4]:
+            log(f"\n  noised:   {_clip(src, 160)}\n  original: {_clip(ref, 160)}\n  after:    {_clip(hyp, 160)} "
+                f"[{'ok' if hyp == ref else '--'}]")  # fmt: skip
     elif prep.label_names and "eval_accuracy" in before:
         log(f"eval accuracy:  {before['eval_accuracy']:.1%} -> {after['eval_accuracy']:.1%}")
     if "bleu" in before:

@@ -49,7 +49,7 @@ def _layer(c: T5Config, cross: bool) -> TransformerLayer:
     return TransformerLayer(
         attn=attn(),
         # T5 drops the MLP's hidden activations; the layer drops its output (residual dropout).
-        mlp=make_mlp(c.mlp, c.d_model, c.d_ff, bias=False, hidden_dropout=c.dropout),
+        mlp=make_mlp(c.mlp, c.d_model, c.d_ff, bias=False, act_dropout=c.dropout),
         norm1=RMSNorm(c.d_model, c.norm_eps),
         norm2=RMSNorm(c.d_model, c.norm_eps),
         cross_attn=attn() if cross else None,
