@@ -74,16 +74,23 @@ class AttentionRecorder:
         self.model = model
         self.self_attn: list[torch.Tensor] = []
         self.cross_attn: list[torch.Tensor] = []
+        # An encoder-decoder's self-attentions by stack (its modules live under encoder_layers /
+        # decoder_layers); empty for other models.
+        self.by_stack: dict[str, list[torch.Tensor]] = {"encoder_layers": [], "decoder_layers": []}
         self._saved: list[tuple[Attention, bool]] = []
         self._handles = []
 
     def start(self) -> "AttentionRecorder":
         for name, module in self.model.named_modules():
             if isinstance(module, Attention):
-                sink = self.cross_attn if "cross" in name.rsplit(".", 1)[-1] else self.self_attn
+                cross = "cross" in name.rsplit(".", 1)[-1]
+                sinks = [self.cross_attn] if cross else [self.self_attn]
+                stack = name.split(".", 1)[0]
+                if not cross and stack in self.by_stack:
+                    sinks.append(self.by_stack[stack])
                 self._saved.append((module, module.keep_weights))
                 module.keep_weights = True
-                self._handles.append(module.register_forward_hook(_append_weights(sink)))
+                self._handles.append(module.register_forward_hook(_append_weights(sinks)))
         return self
 
     def stop(self) -> None:
@@ -97,9 +104,10 @@ class AttentionRecorder:
         self._saved.clear()
 
 
-def _append_weights(sink: list):
+def _append_weights(sinks: list[list]):
     def hook(module, args, output):
-        sink.append(module.weights)
+        for sink in sinks:
+            sink.append(module.weights)
 
     return hook
 
@@ -121,4 +129,7 @@ def _finish_recording(model: "ZooModel", args, output):
         raise TypeError(f"output_attentions: {type(model).__name__} returns {type(output).__name__}, no attentions")
     output.attentions = tuple(recorder.self_attn)
     output.cross_attentions = tuple(recorder.cross_attn) or None
+    if recorder.by_stack["decoder_layers"]:
+        output.encoder_attentions = tuple(recorder.by_stack["encoder_layers"]) or None
+        output.decoder_attentions = tuple(recorder.by_stack["decoder_layers"])
     return output

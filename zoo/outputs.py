@@ -19,6 +19,8 @@ class ModelOutput:
         attentions: with ``output_attentions=True``, each self-attention layer's weights
             (B, n_heads, T, S), in call order (see ``zoo.modeling``).
         cross_attentions: the same for cross-attention layers (encoder-decoders).
+        encoder_attentions, decoder_attentions: an encoder-decoder's self-attentions split by
+            stack (``attentions`` holds both, the encoder's first), as transformers names them.
         cache: the KV cache, updated, when one was passed in.
         encoder_last_hidden_state: (B, S, d_model) the encoder's output (encoder-decoders).
         encoder_hidden_states: each encoder layer's input, then its output, when asked for.
@@ -34,6 +36,8 @@ class ModelOutput:
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
     cache: object | None = None
     encoder_last_hidden_state: torch.Tensor | None = None
     encoder_hidden_states: tuple[torch.Tensor, ...] | None = None

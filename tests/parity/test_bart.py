@@ -136,8 +136,10 @@ def test_attentions_match_transformers_eager(pair):
     with torch.no_grad():
         theirs = ref(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, output_attentions=True)
         ours = model(ids, mask, decoder_input_ids=dec, output_attentions=True)
-    # zoo lists the self-attentions in call order (encoder, then decoder), cross-attentions apart.
+    # zoo lists the self-attentions in call order (encoder, then decoder), cross-attentions apart,
+    # and by stack under transformers' names.
     assert len(ours.attentions) == 2 + 3 and len(ours.cross_attentions) == 3
+    assert ours.encoder_attentions == ours.attentions[:2] and ours.decoder_attentions == ours.attentions[2:]
     real = mask.bool()[:, None, :, None]  # a padding query's row is never used
     for o, t in zip(ours.attentions[:2], theirs.encoder_attentions, strict=True):
         assert o.shape == t.shape == (3, 4, 11, 11)
