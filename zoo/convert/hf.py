@@ -8,6 +8,7 @@ the tanh approximation; ``swish`` is ``silu``); zoo has one name per function (s
 """
 
 from zoo.config import ConfigError
+from zoo.convert.engine import Rule, rename
 
 ACT_FROM_HF = {
     "gelu": "gelu",
@@ -53,3 +54,32 @@ def labels_to_hf(n_labels: int) -> dict:
     """``id2label`` and ``label2id`` with transformers' default names (LABEL_0, ...)."""
     id2label = {str(i): f"LABEL_{i}" for i in range(n_labels)}
     return {"id2label": id2label, "label2id": {name: int(i) for i, name in id2label.items()}}
+
+
+# fairseq's layer names, which transformers keeps for BART and Marian (and so for the original
+# Transformer's public layout) -> zoo's TransformerLayer names.
+_FAIRSEQ_LAYER = [
+    ("self_attn.q_proj", "attn.q_proj"),
+    ("self_attn.k_proj", "attn.k_proj"),
+    ("self_attn.v_proj", "attn.v_proj"),
+    ("self_attn.out_proj", "attn.o_proj"),
+    ("self_attn_layer_norm", "norm1"),
+    ("fc1", "mlp.up"),
+    ("fc2", "mlp.down"),
+    ("final_layer_norm", "norm2"),
+]
+_FAIRSEQ_CROSS = [
+    ("encoder_attn.q_proj", "cross_attn.q_proj"),
+    ("encoder_attn.k_proj", "cross_attn.k_proj"),
+    ("encoder_attn.v_proj", "cross_attn.v_proj"),
+    ("encoder_attn.out_proj", "cross_attn.o_proj"),
+    ("encoder_attn_layer_norm", "norm_cross"),
+]
+
+
+def fairseq_layer_rules(src: str, dst: str, cross: bool) -> list[Rule]:
+    """Rules for one stack of fairseq-named layers with biases everywhere: ``src`` and ``dst`` are
+    the layer prefixes with an ``{i}`` (``"model.decoder.layers.{i}"``, ``"decoder_layers.{i}"``);
+    ``cross`` adds the decoder's cross-attention (``encoder_attn``)."""
+    pairs = _FAIRSEQ_LAYER + (_FAIRSEQ_CROSS if cross else [])
+    return [rename(f"{src}.{a}.{w}", f"{dst}.{b}.{w}") for a, b in pairs for w in ("weight", "bias")]

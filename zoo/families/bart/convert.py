@@ -10,7 +10,7 @@ import torch
 
 from zoo.config import ConfigError
 from zoo.convert import Rule, drop, rename
-from zoo.convert.hf import activation_from_hf, activation_to_hf
+from zoo.convert.hf import activation_from_hf, activation_to_hf, fairseq_layer_rules
 from zoo.families.bart.config import BartConfig
 
 ARCHITECTURES = {"seq2seq_lm": "BartForConditionalGeneration"}
@@ -88,26 +88,7 @@ def config_to_hf(c: BartConfig, task: str) -> dict:
 
 
 def _layer_rules(p: str, side: str, cross: bool) -> list[Rule]:
-    src, dst = f"{p}{side}.layers.{{i}}", f"{side}_layers.{{i}}"
-    pairs = [
-        ("self_attn.q_proj", "attn.q_proj"),
-        ("self_attn.k_proj", "attn.k_proj"),
-        ("self_attn.v_proj", "attn.v_proj"),
-        ("self_attn.out_proj", "attn.o_proj"),
-        ("self_attn_layer_norm", "norm1"),
-        ("fc1", "mlp.up"),
-        ("fc2", "mlp.down"),
-        ("final_layer_norm", "norm2"),
-    ]
-    if cross:
-        pairs += [
-            ("encoder_attn.q_proj", "cross_attn.q_proj"),
-            ("encoder_attn.k_proj", "cross_attn.k_proj"),
-            ("encoder_attn.v_proj", "cross_attn.v_proj"),
-            ("encoder_attn.out_proj", "cross_attn.o_proj"),
-            ("encoder_attn_layer_norm", "norm_cross"),
-        ]
-    return [rename(f"{src}.{a}.{w}", f"{dst}.{b}.{w}") for a, b in pairs for w in ("weight", "bias")]
+    return fairseq_layer_rules(f"{p}{side}.layers.{{i}}", f"{side}_layers.{{i}}", cross)
 
 
 def _trunk(p: str) -> list[Rule]:

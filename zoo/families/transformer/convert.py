@@ -8,7 +8,7 @@ sinusoids, the activation (swish in opus-mt), and a ``final_logits_bias`` buffer
 
 from zoo.config import ConfigError
 from zoo.convert import Rule, drop, rename
-from zoo.convert.hf import ACT_TO_HF, activation_from_hf, activation_to_hf
+from zoo.convert.hf import ACT_TO_HF, activation_from_hf, activation_to_hf, fairseq_layer_rules
 from zoo.families.transformer.config import TransformerConfig
 
 ARCHITECTURES = {"seq2seq_lm": "MarianMTModel"}
@@ -95,26 +95,7 @@ def config_to_hf(c: TransformerConfig, task: str) -> dict:
 
 
 def _layer_rules(side: str, cross: bool) -> list[Rule]:
-    src, dst = f"model.{side}.layers.{{i}}", f"{side}_layers.{{i}}"
-    pairs = [
-        ("self_attn.q_proj", "attn.q_proj"),
-        ("self_attn.k_proj", "attn.k_proj"),
-        ("self_attn.v_proj", "attn.v_proj"),
-        ("self_attn.out_proj", "attn.o_proj"),
-        ("self_attn_layer_norm", "norm1"),
-        ("fc1", "mlp.up"),
-        ("fc2", "mlp.down"),
-        ("final_layer_norm", "norm2"),
-    ]
-    if cross:
-        pairs += [
-            ("encoder_attn.q_proj", "cross_attn.q_proj"),
-            ("encoder_attn.k_proj", "cross_attn.k_proj"),
-            ("encoder_attn.v_proj", "cross_attn.v_proj"),
-            ("encoder_attn.out_proj", "cross_attn.o_proj"),
-            ("encoder_attn_layer_norm", "norm_cross"),
-        ]
-    return [rename(f"{src}.{a}.{w}", f"{dst}.{b}.{w}") for a, b in pairs for w in ("weight", "bias")]
+    return fairseq_layer_rules(f"model.{side}.layers.{{i}}", f"{side}_layers.{{i}}", cross)
 
 
 # What older Marian checkpoints store beside model.shared: the tied copies of the embedding and
