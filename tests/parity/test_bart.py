@@ -274,3 +274,28 @@ def test_generate_defaults_are_transformers_defaults(pair):
     theirs = ref.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8)
     assert torch.equal(ours, theirs), (ours, theirs)
     assert ours[:, 1].eq(BOS).all()
+
+
+def test_training_steps_match_transformers(tmp_path):
+    """The backward too: the same weights trained with the same Adam steps on the same padded
+    batches (dropout off) keep the same losses, so zoo's BART learns as transformers' does."""
+    _random_bart(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0).save_pretrained(tmp_path)
+    ref = transformers.BartForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager").train()
+    ours = zoo.from_pretrained(tmp_path).train()
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (ref, ours)]
+    losses = []
+    for step in range(8):
+        ids, mask = sources(step)
+        labels = torch.randint(3, 97, (3, 6), generator=torch.Generator().manual_seed(100 + step))
+        labels[2, 4:] = -100  # a shorter target: ignored positions
+        pair_losses = []
+        for model, opt in zip((ref, ours), opts, strict=True):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            pair_losses.append(loss.item())
+        losses.append(pair_losses)
+    assert losses[-1][0] < losses[0][0]  # it trains
+    for theirs, mine in losses:
+        assert abs(theirs - mine) < 1e-4 * max(1.0, abs(theirs)), losses
