@@ -26,14 +26,14 @@ leaves from the high branches."""
 
 def test_the_recipe_learns_to_reconstruct_and_takes_a_checkpoint(tmp_path):
     """Six training sentences (a tiny model memorises them in a few dozen steps; the shipped recipe
-    trains on the 122 sentences of data/zoo_stories.txt) and two held out."""
+    trains on the 4,000 sentences of data/zoo_sentences.txt) and two held out."""
     (tmp_path / "train.txt").write_text(STORY)
     (tmp_path / "eval.txt").write_text("The lions eat meat at night. The keepers clean the penguin pool.")
     recipe = load_recipe(
         ROOT / "recipes" / "bart-denoise.yaml",
         [f"out_dir={tmp_path / 'run'}", *FAST, TINY, "tokenizer=bpe:300", f"data.train={tmp_path / 'train.txt'}",
          f"data.eval={tmp_path / 'eval.txt'}", "data.noise_copies=16", "train.steps=50", "train.batch_size=16",
-         "train.warmup_steps=5", "train.lr=1e-2", "sample.max_new_tokens=24"],
+         "train.warmup_steps=5", "train.lr=1e-2", "train.schedule=cosine", "sample.max_new_tokens=24"],
     )  # fmt: skip
     result = finetune(recipe, log=lambda *a: None)
     losses = result.train.losses
@@ -60,7 +60,8 @@ def test_the_recipe_learns_to_reconstruct_and_takes_a_checkpoint(tmp_path):
         [f"out_dir={tmp_path / 'again'}", *FAST, "model.name=null", f"model.path={user}", "model.overrides={}",
          "tokenizer=null",
          f"data.train={tmp_path / 'train.txt'}", f"data.eval={tmp_path / 'eval.txt'}", "data.noise_copies=1",
-         "train.steps=2", "train.warmup_steps=0", "train.batch_size=8", "sample.max_new_tokens=24"],
+         "train.steps=2", "train.warmup_steps=0", "train.batch_size=8", "train.schedule=cosine",
+         "sample.max_new_tokens=24"],
     )  # fmt: skip
     tuned = finetune(again, log=lambda *a: None)
     assert tuned.train.status == "finished"
