@@ -23,6 +23,7 @@ def test_the_recipe_learns_every_task_from_scratch(tmp_path):
     recipe = load_recipe(
         ROOT / "recipes" / "t5-tasks.yaml",
         [f"out_dir={tmp_path / 'run'}", *FAST, "train.steps=30", "train.batch_size=16", "train.warmup_steps=10",
+         "train.schedule=cosine",
          "data.eval_fraction=0.03", "train.lr=5e-3",
          "model.overrides={d_model: 32, n_layers: 1, n_heads: 2, head_dim: 16, d_ff: 64}"],
     )  # fmt: skip
@@ -55,6 +56,7 @@ def test_a_users_t5_directory_fine_tunes(tmp_path):
         [f"out_dir={tmp_path / 'run'}", *FAST, "model.name=null", f"model.path={user}", "model.overrides={}",
          "tokenizer=null",
          "train.steps=15", "train.batch_size=16", "train.warmup_steps=5", "train.lr=3e-3",
+         "train.schedule=cosine",
          "data.eval_fraction=0.03"],
     )  # fmt: skip
     result = finetune(recipe, log=lambda *a: None)
