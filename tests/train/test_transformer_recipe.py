@@ -87,3 +87,12 @@ def test_translation_data_needs_an_encoder_decoder(tmp_path):
     recipe = load_recipe(ROOT / "recipes" / "transformer-numbers.yaml", overrides)
     with pytest.raises(RecipeError, match=r"^data.format: translation data .* trains an encoder-decoder"):
         finetune(recipe, log=lambda *a: None)
+
+
+@pytest.mark.parametrize("field", ["source_lang", "target_lang"])
+def test_an_unknown_number_language_names_its_field(field):
+    from zoo.train.data import number_word_pairs
+
+    langs = {"source_lang": "en", "target_lang": "fr", field: "xx"}
+    with pytest.raises(ValueError, match=rf"^data\.{field}: num2words cannot write"):
+        number_word_pairs(10, 99, seed=0, **langs)

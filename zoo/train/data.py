@@ -359,10 +359,12 @@ def number_word_pairs(n_pairs: int, max_number: int, source_lang: str, target_la
     if n_pairs > max_number + 1:
         raise ValueError(f"data.n_pairs: {n_pairs} distinct numbers do not fit in [0, {max_number}]")
     numbers = torch.randperm(max_number + 1, generator=torch.Generator().manual_seed(seed))[:n_pairs].tolist()
-    try:
-        return [(num2words(n, lang=source_lang), num2words(n, lang=target_lang)) for n in numbers]
-    except NotImplementedError as err:
-        raise ValueError(f"data.source_lang: num2words cannot write {err}") from err
+    for field, lang in (("source_lang", source_lang), ("target_lang", target_lang)):
+        try:
+            num2words(0, lang=lang)
+        except NotImplementedError as err:  # the error of whichever language num2words lacks
+            raise ValueError(f"data.{field}: num2words cannot write {err}") from err
+    return [(num2words(n, lang=source_lang), num2words(n, lang=target_lang)) for n in numbers]
 
 
 def read_translation_file(path: str | Path) -> list[tuple[str, str]]:
