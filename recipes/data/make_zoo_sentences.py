@@ -5,9 +5,9 @@ memorise them: denoising then has to read the source (see docs/families/bart.md)
     .venv/bin/python recipes/data/make_zoo_sentences.py
 """
 
+import random
 from pathlib import Path
 
-import random
 from num2words import num2words
 
 rng = random.Random(0)
@@ -71,9 +71,12 @@ while len(out) < 4000:
     n, k = rng.randint(2, 19), rng.randint(2, 99)
     s = rng.choice(
         [
-            f"The {num2words(n)} {rng.choice(adjs)} {rng.choice(animals)} {rng.choice(verbs)} {num2words(k)} {rng.choice(things)} {rng.choice(places)}.",
-            f"{rng.choice(keepers)} gives the {rng.choice(animals)} {num2words(k)} {rng.choice(things)} {rng.choice(times)}.",
-            f"{rng.choice(times).capitalize()}, the {rng.choice(adjs)} {rng.choice(animals)} {rng.choice(verbs)} {rng.choice(things)} {rng.choice(places)}.",
+            f"The {num2words(n)} {rng.choice(adjs)} {rng.choice(animals)} {rng.choice(verbs)} "
+            f"{num2words(k)} {rng.choice(things)} {rng.choice(places)}.",
+            f"{rng.choice(keepers)} gives the {rng.choice(animals)} {num2words(k)} {rng.choice(things)} "
+            f"{rng.choice(times)}.",
+            f"{rng.choice(times).capitalize()}, the {rng.choice(adjs)} {rng.choice(animals)} "
+            f"{rng.choice(verbs)} {rng.choice(things)} {rng.choice(places)}.",
         ]
     )
     out[s] = None
