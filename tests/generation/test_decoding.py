@@ -155,3 +155,16 @@ def test_batched_decoding_moves_weights_column_major_and_always_restores_them(gp
     for name, p in model.named_parameters():
         original, values = before[name]
         assert p is original and p.is_contiguous() and torch.equal(p, values)
+
+
+def test_batched_decoding_inside_inference_mode_leaves_the_weights_trainable(gpt2_pair):
+    """The column-major copies are made outside inference mode even when the caller is in it:
+    inference tensors as weights could never be trained again ("Inference tensors cannot be
+    saved for backward"). Found by the compiled-decoding tests."""
+    _, model = gpt2_pair
+    ids, mask = padded_prompts(V, seed=16)
+    with torch.inference_mode():
+        model.generate(ids, mask, max_new_tokens=2)
+    assert not any(p.is_inference() for p in model.parameters())
+    model(ids, attention_mask=mask, labels=ids).loss.backward()
+    model.zero_grad(set_to_none=True)

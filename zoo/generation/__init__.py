@@ -113,13 +113,14 @@ def _decode_layout(model, rows: int):
     if getattr(model, "lm_head", True) is None:  # tied head: the embedding is the output projection
         weights[id(model.embed.weight)] = model.embed.weight
     moved = [w for w in weights.values() if w.dim() == 2 and w.is_contiguous()]
-    with torch.no_grad():
+    # Not inference tensors, even when the caller is in inference mode: the model may train later.
+    with torch.inference_mode(False), torch.no_grad():
         for w in moved:
             w.data = w.data.t().contiguous().t()  # (out, in) view of (in, out) storage
     try:
         yield
     finally:
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():
             for w in moved:
                 w.data = w.data.contiguous()
 
