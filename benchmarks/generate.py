@@ -22,7 +22,9 @@ and without it its rows are left out. For each model and batch:
 - the memory-bandwidth bound: a decoding step reads every weight once (for all rows), so
   tokens/s <= batch * copy bandwidth / weight bytes; the table gives the fraction reached;
 - whether each runner chose the same tokens as the reference (transformers fp32; llama.cpp's own
-  numerics, its Q8_0 activations among them, may part from it after some tokens).
+  numerics, its Q8_0 activations among them, may part from it after some tokens);
+- the first call's time (prefill and two tokens, before any timing): for the ``compiled`` rows
+  (``zoo.compile_decoding``) it is mostly torch.compile's compiling, paid once per process.
 
 One torch thread by default (``--threads``): on a machine whose cores other processes share,
 every multi-threaded op waits for a time slice whenever another process holds a core.
@@ -128,6 +130,7 @@ def load_gpt2(tmp: Path, threads: int):
     int4 = zoo.from_pretrained(tmp, quantization="int4")
     out = {
         "zoo": zoo_runner(model),
+        "zoo, compiled": zoo_runner(zoo.from_pretrained(tmp), compiled=True),
         "transformers": hf_runner(ref),
         "zoo, no cache": zoo_runner(model, use_cache=False),
     }
@@ -147,7 +150,12 @@ def load_smollm2(tmp: Path, threads: int):
     zoo.save_pretrained(model, tmp, format="hf")
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
     native = zoo.from_pretrained(path, quantization="native")
-    out = {"zoo native Q4_1": zoo_runner(native), "zoo fp32": zoo_runner(model), "transformers": hf_runner(ref)}
+    out = {
+        "zoo native Q4_1": zoo_runner(native),
+        "zoo native Q4_1, compiled": zoo_runner(zoo.from_pretrained(path, quantization="native"), compiled=True),
+        "zoo fp32": zoo_runner(model),
+        "transformers": hf_runner(ref),
+    }
     if importlib.util.find_spec("llama_cpp") is None:
         print('llama.cpp: not installed (CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python); skipped')
     else:
@@ -158,8 +166,11 @@ def load_smollm2(tmp: Path, threads: int):
 MODELS = {"gpt2": ("GPT-2 124M (random weights)", load_gpt2), "smollm2": ("SmolLM2-135M-Instruct", load_smollm2)}
 
 
-def zoo_runner(model, use_cache: bool = True):
-    """(fn(ids, n_new) -> output ids, weight bytes, batch sizes it runs)."""
+def zoo_runner(model, use_cache: bool = True, compiled: bool = False):
+    """(fn(ids, n_new) -> output ids, weight bytes, batch sizes it runs); ``compiled``: the
+    decoding steps through torch.compile (``zoo.compile_decoding``), compiled in the warm-up."""
+    if compiled:
+        zoo.compile_decoding(model)
     return (lambda ids, n: model.generate(ids, max_new_tokens=n, use_cache=use_cache)), weight_bytes(model), None
 
 
@@ -214,8 +225,11 @@ def bench_model(name: str, args) -> list[dict]:
         times: dict[str, list[float]] = {k: [] for k in active}
         peaks: dict[str, float] = dict.fromkeys(active, 0.0)
         outputs = {}
-        for fn, _, _ in active.values():  # warm up (allocator, thread pools, lazy imports)
+        warmup = {}
+        for key, (fn, _, _) in active.items():  # warm up (allocator, thread pools, lazy imports, compiling)
+            start = time.perf_counter()
             fn(ids, 2)
+            warmup[key] = time.perf_counter() - start
         for r in range(args.rounds):
             order = list(active) if r % 2 == 0 else list(reversed(active))
             for key in order:
@@ -243,6 +257,7 @@ def bench_model(name: str, args) -> list[dict]:
                     same=same,
                     agree=int(agree),
                     weights=active[key][1],
+                    warmup=warmup[key],
                 )
             )
         print_rows(rows[-len(active) :], args.bandwidth)
@@ -257,6 +272,7 @@ def print_rows(rows, bandwidth):
             f"{r['model']:<30} batch {r['batch']}  {r['runner']:<15} {r['tok_s']:8.1f} tok/s  "
             f"x{r['tok_s'] / base[r['batch']]:.2f} vs transformers  peak +{r['peak_mb']:.0f} MB  "
             f"{r['tok_s'] / r['batch'] / bound:.0%} of bound  same tokens: {'yes' if r['same'] else r['agree']}  "
+            f"first call {r['warmup']:.1f} s  "
             f"runs {', '.join(f'{t:.1f}' for t in r['all'])}"
         )
 
@@ -265,8 +281,8 @@ def table(rows, args) -> str:
     base = {(r["model"], r["batch"]): r["tok_s"] for r in rows if r["runner"] == "transformers"}
     lines = [
         "| model | batch | decoder | tokens/s | vs transformers | weights read a step | peak memory (above baseline) "
-        "| of bandwidth bound | same tokens as transformers |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| of bandwidth bound | same tokens as transformers | first call (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         bound = args.bandwidth / r["weights"]
@@ -275,7 +291,7 @@ def table(rows, args) -> str:
             f"| {r['model']} | {r['batch']} | {r['runner']} | {r['tok_s']:.1f} | "
             f"{r['tok_s'] / base[(r['model'], r['batch'])]:.2f}x | {r['weights'] / 1e6:.0f} MB | "
             f"{r['peak_mb']:.0f} MB | "
-            f"{r['tok_s'] / r['batch'] / bound:.0%} | {same} |"
+            f"{r['tok_s'] / r['batch'] / bound:.0%} | {same} | {r['warmup']:.1f} |"
         )
     return "\n".join(lines)
 

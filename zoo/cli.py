@@ -231,6 +231,13 @@ def cmd_generate(args) -> int:
     model, tokenizer_path = _load_for_generate(args)
     tokenizer = load_tokenizer(resolve_checkpoint(args.tokenizer) if args.tokenizer else tokenizer_path)
     print(f"zoo generate: loaded in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    if args.compile:
+        from zoo.blocks.layers import compile_decoding
+
+        compile_decoding(model)
+        print("zoo generate: decoding steps compiled (torch.compile; the first steps compile)", file=sys.stderr)
+    else:
+        print("zoo generate: decoding steps eager (--compile: faster steps after a compile)", file=sys.stderr)
     chat = bool(tokenizer.chat_template) if args.chat is None else args.chat
     if chat:
         messages = [{"role": "system", "content": args.system}] if args.system else []
@@ -375,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "none", "native", "int8", "int4"],
         default="auto",
         help="auto: a GGUF file's own Q4/Q8 weights (native), else none (fp32); see docs/quantization.md",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the decoding steps through torch.compile: tens of seconds to compile, then faster steps "
+        "(pays for long outputs; decoder-only models; see docs/generation.md)",
     )
     p.set_defaults(fn=cmd_generate)
 

@@ -76,6 +76,16 @@ def test_generate_sampling_and_beams(plain_dir, capsys):
     assert capsys.readouterr().out == _expected(plain_dir, "w4 w4 w8", max_new_tokens=6, num_beams=3) + "\n"
 
 
+def test_generate_compile_gives_the_eager_text_and_says_which_it_ran(plain_dir, capsys):
+    args = ["generate", str(plain_dir), "--prompt", "w1 w7 w3", "--max-new-tokens", "9"]
+    assert main([*args, "--compile"]) == 0
+    out = capsys.readouterr()
+    assert out.out == _expected(plain_dir, "w1 w7 w3", max_new_tokens=9) + "\n"
+    assert "decoding steps compiled" in out.err
+    assert main(args) == 0
+    assert "decoding steps eager (--compile" in capsys.readouterr().err
+
+
 def test_generate_errors_are_named(plain_dir, capsys):
     assert main(["generate", "gpt2-tiny", "--prompt", "w1"]) == 2
     assert "--tokenizer" in capsys.readouterr().err

@@ -4,7 +4,7 @@ from zoo.blocks.attention import Attention
 from zoo.blocks.cache import ContextCache, KVCache
 from zoo.blocks.embeddings import PatchEmbedding, PatchTokens, check_token_ids, embedding_tables
 from zoo.blocks.heads import FirstTokenPooler
-from zoo.blocks.layers import TransformerLayer, run_layers
+from zoo.blocks.layers import TransformerLayer, compile_decoding, run_layers
 from zoo.blocks.masks import attention_mask
 from zoo.blocks.mlp import MLP, get_activation, make_mlp
 from zoo.blocks.moe import MoE, load_balancing_loss, router_z_loss
@@ -40,6 +40,7 @@ __all__ = [
     "apply_rope",
     "attention_mask",
     "check_token_ids",
+    "compile_decoding",
     "embedding_tables",
     "get_activation",
     "load_balancing_loss",

@@ -120,33 +120,58 @@ class Attention(nn.Module):
                 first call and reused after (``context`` is then not read again).
             layer_idx: which of the caches' layers this is.
         """
-        B, T, _ = x.shape
         if context_cache is not None and context is None:
             raise ValueError("context_cache: only cross-attention (with a context) has a context cache")
-        if context_cache is not None and context_cache.filled(layer_idx):
-            q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, hd)
-            k, v = context_cache.get(layer_idx)  # (B, Hkv, S, hd) each
+        if context is None:
+            q, k, v = self.project(x, rope)
         else:
-            source = x if context is None else context
-            if self.qkv_proj is not None and context is None:
-                q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+            q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, hd)
+            if context_cache is not None and context_cache.filled(layer_idx):
+                k, v = context_cache.get(layer_idx)  # (B, Hkv, S, hd) each
             else:
-                q, k, v = self.q_proj(x), self.k_proj(source), self.v_proj(source)
-            q = self._heads(q, self.n_heads)  # (B, H, T, hd)
-            k = self._heads(k, self.n_kv_heads)  # (B, Hkv, S, hd)
-            v = self._heads(v, self.n_kv_heads)  # (B, Hkv, S, hd)
-            if context_cache is not None:
-                context_cache.store(layer_idx, k, v)
+                k = self._heads(self.k_proj(context), self.n_kv_heads)  # (B, Hkv, S, hd)
+                v = self._heads(self.v_proj(context), self.n_kv_heads)  # (B, Hkv, S, hd)
+                if context_cache is not None:
+                    context_cache.store(layer_idx, k, v)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return self.o_proj(self.attend(q, k, v, mask=mask, bias=bias, cache=cache, layer_idx=layer_idx))
+
+    def project(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Self-attention's queries (B, H, T, hd), keys and values (B, Hkv, T, hd) of x (B, T,
+        d_model), RoPE applied: the part of ``forward`` before the cache (a compiled decoding step
+        runs it as one graph with the norm before it, ``zoo.compile_decoding``)."""
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self._heads(q, self.n_heads), self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer_idx: int = 0,
+    ) -> torch.Tensor:
+        """Append k, v to the cache (if any) and attend: (B, T, H * hd), before ``o_proj``."""
+        B, _, T, _ = q.shape
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)
         if self.backend == "eager" or self.keep_weights:
             out = self._eager(q, k, v, mask, bias)
         else:
             out = self._sdpa(q, k, v, mask, bias)
-        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H * hd)
-        return self.o_proj(out)
+        return out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H * hd)
 
     def _sdpa(self, q, k, v, mask, bias):
         attn_mask = mask

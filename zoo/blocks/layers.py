@@ -1,9 +1,11 @@
-"""TransformerLayer: self-attention, optional cross-attention and a feed-forward, pre- or post-LN."""
+"""TransformerLayer: self-attention, optional cross-attention and a feed-forward, pre- or post-LN;
+``compile_decoding``: the same layers' decoding step through torch.compile."""
 
 import torch
 from torch import nn
 
 from zoo.blocks.cache import ContextCache
+from zoo.blocks.moe import MoE
 
 
 class TransformerLayer(nn.Module):
@@ -43,6 +45,8 @@ class TransformerLayer(nn.Module):
         self.cross_attn, self.norm_cross = cross_attn, norm_cross
         self.prenorm, self.residual = prenorm, residual
         self.dropout = nn.Dropout(dropout)
+        self.compiled_decoding = False  # see compile_decoding
+        self._decoding_parts = None
 
     def _sublayer(self, x: torch.Tensor, norm: nn.Module, fn) -> torch.Tensor:
         skip = x if self.residual else 0
@@ -68,6 +72,8 @@ class TransformerLayer(nn.Module):
         ``mask``, ``bias``, ``rope``, ``cache`` to self-attention; ``context`` (the encoder output),
         ``context_mask``, ``context_bias`` and ``context_cache`` (its keys and values, projected
         once: ``zoo.blocks.ContextCache``) to cross-attention."""
+        if self.compiled_decoding and cache is not None and x.shape[1] == 1 and self._compilable():
+            return self._compiled_step(x, mask=mask, bias=bias, rope=rope, cache=cache, layer_idx=layer_idx)
         x = self._sublayer(
             x, self.norm1, lambda h: self.attn(h, mask=mask, bias=bias, rope=rope, cache=cache, layer_idx=layer_idx)
         )
@@ -87,6 +93,83 @@ class TransformerLayer(nn.Module):
                 ),
             )
         return self._sublayer(x, self.norm2, self.mlp)
+
+    def _compilable(self) -> bool:
+        """Whether the compiled decoding step computes what ``forward`` does: inference, pre-LN
+        with residuals, self-attention only, no attention map kept."""
+        return (
+            self.prenorm
+            and self.residual
+            and self.cross_attn is None
+            and not self.training
+            and not torch.is_grad_enabled()
+            and not self.attn.keep_weights
+        )
+
+    def _compiled_step(self, x, *, mask, bias, rope, cache, layer_idx):
+        """One decoding step (T = 1) in three parts: norm, q/k/v projection and RoPE as one
+        compiled graph; the cache write and attention eagerly (the keys grow every step, and a
+        graph per length would recompile each step); output projection, residual, norm, MLP and
+        residual as a second graph (eager for a mixture of experts, whose routing is data)."""
+        enter, leave = self._decoding_parts
+        q, k, v = enter(self, x, rope)
+        attended = self.attn.attend(q, k, v, mask=mask, bias=bias, cache=cache, layer_idx=layer_idx)
+        return (_leave if isinstance(self.mlp, MoE) else leave)(self, x, attended)
+
+
+def _enter(layer: TransformerLayer, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return layer.attn.project(layer.norm1(x), rope)
+
+
+def _leave(layer: TransformerLayer, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    x = x + layer.attn.o_proj(attended)
+    return x + layer.mlp(layer.norm2(x))
+
+
+def _compiled_parts() -> tuple:
+    """``_enter`` and ``_leave`` through torch.compile, for one model. torch.compile treats a
+    module's parameters and buffers as inputs, so all layers of the same structure share one
+    compiled graph: a 30-layer model compiles each part once, not 30 times (a new dtype, batch size
+    or layer structure compiles again). torch.compile keeps its compiled graphs, and its limit of
+    recompilations, per code object; each call gets fresh copies of the two functions' code, so
+    one model's recompilations never use up another's."""
+
+    def fresh(fn):
+        code = fn.__code__.replace()  # an equal but distinct code object
+        return torch.compile(type(fn)(code, fn.__globals__, fn.__name__), dynamic=False)
+
+    return fresh(_enter), fresh(_leave)
+
+
+def compile_decoding(model: nn.Module, enabled: bool = True) -> int:
+    """Run a model's decoding steps (one new token a row, with a KV cache, under no_grad or
+    inference mode) through torch.compile: each layer's norm, projections, RoPE, residuals and
+    MLP become two fused graphs instead of about 40 eager ops. The prompt's prefill, training,
+    and anything else run as before. The first steps compile (seconds to tens of seconds on a
+    CPU); later ones reuse the graphs. ``enabled=False`` turns it off again.
+
+    Serves pre-LN layers with residuals and self-attention only (GPT-2, LLaMA, Mistral, Mixtral);
+    returns how many layers it serves, and raises ``ValueError`` if none (an encoder-decoder's
+    decoder layers, with cross-attention, or a post-LN model)."""
+    layers = [m for m in model.modules() if isinstance(m, TransformerLayer)]
+    served = [m for m in layers if m.prenorm and m.residual and m.cross_attn is None]
+    if enabled:
+        why = None
+        if not layers:
+            why = "has no transformer layers"
+        elif any(m.cross_attn is not None for m in layers):
+            why = "decodes with cross-attention (an encoder-decoder)"
+        elif not served:
+            why = "has only post-LN layers or layers without residuals"
+        if why:
+            raise ValueError(
+                f"compile: {type(model).__name__} {why}; the compiled decoding step serves pre-LN decoder "
+                "layers with self-attention only (GPT-2, LLaMA, Mistral, Mixtral)"
+            )
+    parts = _compiled_parts() if enabled else None
+    for m in served:
+        m.compiled_decoding, m._decoding_parts = enabled, parts
+    return len(served)
 
 
 def run_layers(

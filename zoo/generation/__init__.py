@@ -105,8 +105,12 @@ def _decode_layout(model, rows: int):
     W stored (out, in) (nn.Linear's layout) at batch 8 (GPT-2 124M: 39 vs 59 ms a step); at
     batch 1 both are bound by memory bandwidth and equal, so nothing is moved. Same values,
     same Parameter objects; the layout is restored on exit, whatever happens.
+
+    Not for a model whose decoding steps are compiled (``zoo.compile_decoding``): its graphs take
+    the weights' strides as fixed, so its weights stay as they are.
     """
-    if rows < 2 or model.device.type != "cpu":
+    compiled = any(getattr(m, "compiled_decoding", False) for m in model.modules())
+    if rows < 2 or model.device.type != "cpu" or compiled:
         yield
         return
     weights = {id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Linear)}
