@@ -23,6 +23,8 @@ and without it its rows are left out. For each model and batch:
   tokens/s <= batch * copy bandwidth / weight bytes; the table gives the fraction reached;
 - whether each runner chose the same tokens as the reference (transformers fp32; llama.cpp's own
   numerics, its Q8_0 activations among them, may part from it after some tokens);
+- speculative rows: the fp32 model's own greedy output, drafted by a quantized copy of itself
+  (``zoo.speculative.quantized_draft``; for SmolLM2 the file's Q4_1 codes), batch 1 only;
 - the first call's time (prefill and two tokens, before any timing): for the ``compiled`` rows
   (``zoo.compile_decoding``) it is mostly torch.compile's compiling, paid once per process.
 
@@ -48,6 +50,7 @@ import torch
 import transformers
 
 import zoo
+from zoo.speculative import quantized_draft, speculative_generate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,6 +138,7 @@ def load_gpt2(tmp: Path, threads: int):
         "zoo, no cache": zoo_runner(model, use_cache=False),
     }
     out.update({"zoo int8": zoo_runner(int8), "zoo int4 g32": zoo_runner(int4)})
+    out[f"zoo fp32, int8 draft (k={SPECULATE_K})"] = speculative_runner(model, quantized_draft(model, "int8"))
     return out
 
 
@@ -154,6 +158,7 @@ def load_smollm2(tmp: Path, threads: int):
         "zoo native Q4_1": zoo_runner(native),
         "zoo native Q4_1, compiled": zoo_runner(zoo.from_pretrained(path, quantization="native"), compiled=True),
         "zoo fp32": zoo_runner(model),
+        f"zoo fp32, Q4_1 draft (k={SPECULATE_K})": speculative_runner(model, native),
         "transformers": hf_runner(ref),
     }
     if importlib.util.find_spec("llama_cpp") is None:
@@ -172,6 +177,19 @@ def zoo_runner(model, use_cache: bool = True, compiled: bool = False):
     if compiled:
         zoo.compile_decoding(model)
     return (lambda ids, n: model.generate(ids, max_new_tokens=n, use_cache=use_cache)), weight_bytes(model), None
+
+
+SPECULATE_K = 6  # drafted tokens a round; 5-8 measured alike (docs/generation.md)
+
+
+def speculative_runner(target, draft):
+    """The fp32 target's own greedy output, drafted by a quantized copy of itself
+    (``zoo.speculative``): one row, so batch 1 only. The weights read a step are the target's."""
+
+    def fn(ids, n):
+        return speculative_generate(target, draft, ids, max_new_tokens=n, k=SPECULATE_K)[0]
+
+    return fn, weight_bytes(target), {1}
 
 
 def hf_runner(ref):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from zoo.generation import apply_top_k, apply_top_p
+from zoo.quant import quantize
 
 
 @dataclass
@@ -50,6 +51,22 @@ def layer_skip_draft(model: nn.Module, n_layers: int) -> nn.Module:
     draft._modules = dict(model._modules)  # a copy of the table, so the target keeps all its layers
     draft.layers = nn.ModuleList(list(model.layers)[:n_layers])
     return draft
+
+
+def quantized_draft(model: nn.Module, kind: str = "int8", group_size: int | None = None) -> nn.Module:
+    """A draft that is the target itself with int8 (or int4) weights (``zoo.quantize`` of a copy
+    of its layers and output projection; the input embedding, final norm and config are shared,
+    not copied). It proposes what the full-precision model would say almost always: on
+    SmolLM2-135M and GPT-2 124M it was accepted 92-100% of the time at int8, so an fp32 target
+    gives its own greedy output at close to the quantized model's speed (docs/generation.md)."""
+    if not hasattr(model, "layers") or not hasattr(model, "lm_head"):
+        raise ValueError(f"model: a quantized draft is made from a decoder-only zoo model, not {type(model).__name__}")
+    draft = copy.copy(model)
+    draft._modules = dict(model._modules)  # a copy of the table: the target keeps its own layers
+    draft.layers = copy.deepcopy(model.layers)
+    if model.lm_head is not None:
+        draft.lm_head = copy.deepcopy(model.lm_head)
+    return quantize(draft, kind, group_size)
 
 
 def _probs(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:

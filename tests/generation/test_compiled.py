@@ -3,6 +3,7 @@ compute what the eager steps compute, are really the path taken, and only where 
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import zoo
 from tests.conftest import randomize_
@@ -50,7 +51,8 @@ def test_compiled_steps_match_eager_ones(models, name):
     step's logits equal the eager step's (fp32 within 1e-5; int4, whose compiled graph may round
     its bf16 casts in another order, within 1% of the logits' scale) and greedy decoding chooses
     the same tokens. The counters prove the compiled parts ran, once per layer and step (for
-    Mixtral the attention part only: its experts' routing is data, run eagerly)."""
+    Mixtral the attention part only: its experts' routing is data, run eagerly), and that each
+    part was compiled once for both layers and all steps (dynamo's count of graphs)."""
     model = models[name]
     V = model.config.vocab_size
     ids, mask = padded_prompts(V, seed=7)
@@ -59,9 +61,12 @@ def test_compiled_steps_match_eager_ones(models, name):
         eager = _decode_logits(model, ids, mask, follow, use_cache=True)
         eager_tokens = model.generate(ids, mask, max_new_tokens=12)
         served = zoo.compile_decoding(model)
+        graphs = counters["stats"]["unique_graphs"]
         try:
             calls = _count_calls(model)
             compiled = _decode_logits(model, ids, mask, follow, use_cache=True)
+            # One graph per part for all layers and steps: the second layer and later steps reuse it.
+            assert counters["stats"]["unique_graphs"] - graphs == (1 if name == "mixtral" else 2)
             steps = follow.shape[1]  # the first logits are the prompt's prefill, eager
             assert calls["enter"] == steps * served == steps * len(model.layers)
             assert calls["leave"] == (0 if name == "mixtral" else calls["enter"])  # a mixture of experts: eager
