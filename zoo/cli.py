@@ -177,7 +177,29 @@ def _generation_config(args):
         GenerationConfig(**options)
     except ValueError as err:
         raise ValueError(_flag(str(err), options)) from None
+    if args.draft is not None:
+        if args.num_beams > 1:
+            raise ValueError("--draft: speculative decoding is greedy or sampling, not beam search (--num-beams)")
+        if args.repetition_penalty != 1.0:
+            raise ValueError("--draft: speculative decoding has no --repetition-penalty")
+        if args.draft_k < 1:
+            raise ValueError(f"--draft-k: draft at least 1 token a round, got {args.draft_k}")
     return options
+
+
+def _load_draft(args, model):
+    """The draft model --draft names: a quantized copy of MODEL (int8, int4), or a checkpoint
+    with the same tokenizer (a GGUF file runs on its own codes)."""
+    from zoo.hub import from_pretrained, resolve_checkpoint
+    from zoo.quant import default_quantization
+    from zoo.speculative import quantized_draft
+
+    if model.task == "seq2seq_lm":
+        raise ValueError("--draft: speculative decoding serves decoder-only models, not encoder-decoders")
+    if args.draft in ("int8", "int4"):
+        return quantized_draft(model, args.draft)
+    path = resolve_checkpoint(args.draft)
+    return from_pretrained(path, quantization=default_quantization(path, "auto"))
 
 
 def _load_for_generate(args):
@@ -249,16 +271,49 @@ def cmd_generate(args) -> int:
     if seq2seq and tokenizer.eos_token_id is not None and ids[-1:] != [tokenizer.eos_token_id]:
         ids.append(tokenizer.eos_token_id)  # a source ends in the end token, as the model was trained
     options.update(eos_token_id=tokenizer.eos_token_id)
-    streamer = TextStreamer(tokenizer) if args.num_beams == 1 else None
+    streamer = TextStreamer(tokenizer) if args.num_beams == 1 and args.draft is None else None
     with torch.inference_mode():
         try:
-            out = generate(model, torch.tensor([ids]), streamer=streamer, **options)
+            if args.draft is not None:
+                out = _speculate(args, model, ids, options)
+            else:
+                out = generate(model, torch.tensor([ids]), streamer=streamer, **options)
         except ValueError as err:  # what depends on the model: max_new_tokens past its context, say
             raise ValueError(_flag(str(err), options)) from None
     if streamer is None:
         print(tokenizer.decode(out[0, 1 if seq2seq else len(ids) :].tolist()), end="")
     print()
     return 0
+
+
+def _speculate(args, model, ids: list[int], options: dict) -> torch.Tensor:
+    """--draft: the target's own output, drafted by another model (zoo.speculative); the text is
+    printed at the end, with the acceptance rate on stderr."""
+    from zoo.speculative import speculative_generate
+
+    draft = _load_draft(args, model)
+    if args.compile:  # the draft's steps are one token each; the model's verifications are k + 1, eager
+        from zoo.blocks.layers import compile_decoding
+
+        compile_decoding(draft)
+    sampling = {k: options[k] for k in ("temperature", "top_k", "top_p")} if options["do_sample"] else {}
+    out, stats = speculative_generate(
+        model,
+        draft,
+        torch.tensor([ids]),
+        max_new_tokens=options["max_new_tokens"],
+        k=args.draft_k,
+        do_sample=options["do_sample"],
+        eos_token_id=options["eos_token_id"],
+        seed=options["seed"],
+        **sampling,
+    )
+    print(
+        f"zoo generate: speculative, {args.draft} drafting {args.draft_k} a round: {stats.acceptance_rate:.0%} of "
+        f"drafted tokens accepted, {stats.tokens_per_target_forward:.2f} tokens per forward of the model",
+        file=sys.stderr,
+    )
+    return out
 
 
 def cmd_attention(args) -> int:
@@ -389,6 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the decoding steps through torch.compile: tens of seconds to compile, then faster steps "
         "(pays for long outputs; decoder-only models; see docs/generation.md)",
     )
+    p.add_argument(
+        "--draft",
+        default=None,
+        help="speculative decoding: int8 or int4 (a quantized copy of MODEL drafts for it), or a checkpoint with "
+        "the same tokenizer (a GGUF runs on its own codes); MODEL's own output, printed at the end",
+    )
+    p.add_argument("--draft-k", type=int, default=4, help="tokens the draft proposes a round (--draft)")
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("attention", help="attention heatmaps (PNG) and a page to browse every layer and head (HTML)")

@@ -86,6 +86,21 @@ def test_generate_compile_gives_the_eager_text_and_says_which_it_ran(plain_dir, 
     assert "decoding steps eager (--compile" in capsys.readouterr().err
 
 
+def test_generate_with_a_draft_gives_the_models_own_text(plain_dir, capsys):
+    """--draft CHECKPOINT (here the model itself: everything is accepted) prints what plain
+    decoding prints, and the acceptance on stderr; the flags speculative decoding cannot take are
+    refused before loading."""
+    args = ["generate", str(plain_dir), "--prompt", "w1 w7 w3", "--max-new-tokens", "9"]
+    assert main([*args, "--draft", str(plain_dir), "--draft-k", "3"]) == 0
+    out = capsys.readouterr()
+    assert out.out == _expected(plain_dir, "w1 w7 w3", max_new_tokens=9) + "\n"
+    assert "speculative" in out.err and "100% of drafted tokens accepted" in out.err
+    assert main([*args, "--draft", "int8", "--num-beams", "2"]) == 2
+    assert "--draft: speculative decoding is greedy or sampling, not beam search" in capsys.readouterr().err
+    assert main([*args, "--draft", "int8", "--draft-k", "0"]) == 2
+    assert "--draft-k: draft at least 1 token a round, got 0" in capsys.readouterr().err
+
+
 def test_generate_errors_are_named(plain_dir, capsys):
     assert main(["generate", "gpt2-tiny", "--prompt", "w1"]) == 2
     assert "--tokenizer" in capsys.readouterr().err
