@@ -10,7 +10,8 @@
   (``--peak-tflops``, default 989: an H100/H200 SXM), the usual 6N approximation (attention
   FLOPs left out).
 - decoding: greedy tokens/s at batch 1 and 16 for zoo (static KV cache, bf16) and transformers
-  (its default cache), 128 new tokens after a 32-token prompt.
+  (its default cache), 128 new tokens after a 32-token prompt; with ``--compile`` also zoo with
+  its decoding steps compiled (``zoo.compile_decoding``; the warm-up call compiles).
 """
 
 import argparse
@@ -108,9 +109,17 @@ def bench_model(name: str, batch: int, seq: int, args, tmp: Path) -> list[str]:
         "zoo": lambda ids, n: model.generate(ids, max_new_tokens=n),
         "transformers": lambda ids, n: ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n),
     }
+    speeds = {}
     for rows in (1, 16):
-        z, h = (decode_speed(fn, rows, args.new_tokens, args.device, vocab) for fn in runs.values())
+        z, h = speeds[rows] = [decode_speed(fn, rows, args.new_tokens, args.device, vocab) for fn in runs.values()]
         lines.append(f"| {name} | decode tokens/s, batch {rows}, bf16 | {z:.0f} | {h:.0f} | {z / h:.2f}x |")
+    if args.compile:  # the same model with its decoding steps compiled (zoo.compile_decoding)
+        zoo.compile_decoding(model)
+        for rows in (1, 16):
+            z, h = decode_speed(runs["zoo"], rows, args.new_tokens, args.device, vocab), speeds[rows][1]
+            lines.append(
+                f"| {name} | decode tokens/s, batch {rows}, bf16, compiled steps | {z:.0f} | {h:.0f} | {z / h:.2f}x |"
+            )
     return lines
 
 
@@ -118,7 +127,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny configs and sizes (the CPU test)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile zoo's model for training")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile zoo's model for training; rows with compiled decoding"
+    )
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--new-tokens", type=int, default=128)
