@@ -110,6 +110,25 @@ def test_compiled_parts_only_serve_inference_decoding_steps(models):
     assert all(layer._decoding_parts is None for layer in model.layers)
 
 
+def test_beam_search_and_sampling_through_compiled_steps(models):
+    """Beam search (its cache reordered every step, 2 beams a row: a new batch size, compiled
+    again) and seeded sampling give what they give eagerly."""
+    model = models["llama"]
+    ids, mask = padded_prompts(model.config.vocab_size, seed=9)
+    options = [dict(num_beams=2, max_new_tokens=8), dict(do_sample=True, top_k=20, seed=3, max_new_tokens=8)]
+    with torch.inference_mode():
+        eager = [model.generate(ids, mask, **o) for o in options]
+        zoo.compile_decoding(model)
+        try:
+            calls = _count_calls(model)
+            compiled = [model.generate(ids, mask, **o) for o in options]
+        finally:
+            zoo.compile_decoding(model, enabled=False)
+    assert calls["enter"] > 0
+    for a, b in zip(eager, compiled, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_models_it_cannot_serve_are_refused_by_name():
     """An encoder-decoder's decoder layers have cross-attention, its encoder none to decode: a
     named error, not a silent eager run."""
