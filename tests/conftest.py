@@ -39,6 +39,47 @@ def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torc
     return module.eval()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models: a second thread costs more to wake (and, on a
+    shared machine, to get scheduled) than it saves. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def check_parity_tool_and_strict_export(checkpoint_dir, reference_cls, tmp_path) -> None:
+    """``zoo parity`` on a reference checkpoint passes both directions (fp32 and bf16), and zoo's
+    export loads into ``reference_cls`` with no missing, unexpected or mismatched keys."""
+    import zoo
+    from zoo.parity import run_parity
+
+    report = run_parity(checkpoint_dir, dtypes=("float32", "bfloat16"))
+    assert report.ok, report.table()
+    assert {r.direction for r in report.rows} == {"load into zoo", "export to reference"}
+    zoo.from_pretrained(checkpoint_dir).save_pretrained(tmp_path)
+    _, info = reference_cls.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+
+
+def swap_decoder_queries(rules: list) -> list:
+    """A wrong mapping on purpose, for encoder-decoder parity tests: the decoder's self- and
+    cross-attention query projections swapped (fairseq names; the same shapes, so only the values
+    can tell), which a parity check must catch."""
+    names = {"self_attn.q_proj": "encoder_attn.q_proj", "encoder_attn.q_proj": "self_attn.q_proj"}
+    out = []
+    for rule in rules:
+        src = rule.src[0]
+        for a, b in names.items():
+            if f".{a}." in src:
+                src = src.replace(f".{a}.", f".{b}.")
+                break
+        out.append(type(rule)((src,), rule.dst, rule.fn, rule.inv))
+    return out
+
+
 def tiny_test_variants() -> list[str]:
     """The registry's tiny test configs: ``*-tiny`` names that cite no public source URL (a public
     model may also end in -tiny: openai's whisper-tiny is full size, and cites its config.json)."""

@@ -16,6 +16,8 @@ from zoo.config import Config
 from zoo.generation import Seq2SeqDecoder, stream
 from zoo.seq2seq import Seq2SeqLM, shift_right
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 V, PAD, EOS, START = 23, 1, 2, 0
 
 
@@ -76,15 +78,6 @@ class Tiny(Seq2SeqLM):
 
     def decoder_bias(self, q_idx, k_idx):
         return None if self.dec_rel is None else self.dec_rel(q_idx, k_idx)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second thread costs more to wake than it saves (tests/generation does the same)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(relative: bool = False, seed: int = 0) -> Tiny:

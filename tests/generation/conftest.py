@@ -32,10 +32,6 @@ def padded_prompts(vocab: int, seed: int = 0, lengths=(9, 6, 4)) -> tuple[torch.
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: with two threads every op pays for waking the second one, and on a
-    shared machine for waiting until it is scheduled; one thread is several times faster here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_here(one_thread):
+    """Every generation test module runs on one thread (tests/conftest.py's ``one_thread``)."""
     yield
-    torch.set_num_threads(before)

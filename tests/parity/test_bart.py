@@ -11,8 +11,10 @@ import torch
 import transformers
 
 import zoo
-from tests.conftest import randomize_
+from tests.conftest import check_parity_tool_and_strict_export, randomize_, swap_decoder_queries
 from zoo.parity import run_parity
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PAD, BOS, EOS = 1, 0, 2
 # Non-square: d_ff != 4 d_model, an odd vocabulary, encoder and decoder of other depths, head
@@ -47,14 +49,6 @@ def bart_dir(tmp_path_factory):
 def pair(bart_dir):
     ref = transformers.BartForConditionalGeneration.from_pretrained(bart_dir, attn_implementation="eager").eval()
     return ref, zoo.from_pretrained(bart_dir)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def sources(seed: int = 0, lengths=(11, 7, 4), left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,13 +146,7 @@ def test_attentions_match_transformers_eager(pair):
 
 
 def test_parity_tool_both_directions_and_strict_export(bart_dir, tmp_path):
-    report = run_parity(bart_dir, dtypes=("float32", "bfloat16"))
-    assert report.ok, report.table()
-    assert {r.direction for r in report.rows} == {"load into zoo", "export to reference"}
-    model = zoo.from_pretrained(bart_dir)
-    model.save_pretrained(tmp_path)
-    _, info = transformers.BartForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
-    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    check_parity_tool_and_strict_export(bart_dir, transformers.BartForConditionalGeneration, tmp_path)
 
 
 def test_a_wrong_mapping_is_caught(bart_dir, monkeypatch):
@@ -170,18 +158,7 @@ def test_a_wrong_mapping_is_caught(bart_dir, monkeypatch):
 
     def swapped(p, side, cross):
         rules = original(p, side, cross)
-        if not cross:
-            return rules
-        names = {"self_attn.q_proj": "encoder_attn.q_proj", "encoder_attn.q_proj": "self_attn.q_proj"}
-        out = []
-        for rule in rules:
-            src = rule.src[0]
-            for a, b in names.items():
-                if f".{a}." in src:
-                    src = src.replace(f".{a}.", f".{b}.")
-                    break
-            out.append(type(rule)((src,), rule.dst, rule.fn, rule.inv))
-        return out
+        return swap_decoder_queries(rules) if cross else rules
 
     monkeypatch.setattr(convert, "_layer_rules", swapped)
     report = run_parity(bart_dir, dtypes=("float32",), roundtrip=False)

@@ -13,13 +13,7 @@ from tests.conftest import randomize_
 from zoo.families.llama.gguf import gguf_block_codes
 from zoo.quant import QuantLinear, quantization_summary
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bf16(t: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 import zoo
 from zoo.cli import main
@@ -15,17 +14,10 @@ from zoo.train.data import number_word_pairs, train_word_tokenizer
 from zoo.train.optim import lr_factor
 from zoo.train.recipes import finetune, translate
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["train.progress=none", "train.tensorboard=false", "train.save_every=null", "train.eval_every=null"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """A tiny model: a second thread costs more to wake than it saves."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_the_recipe_learns_to_translate(tmp_path, capsys):
