@@ -114,6 +114,7 @@ class CausalLM(ZooModel):
         cache: KVCache | None = None,
         output_hidden_states: bool = False,
         logits_to_keep: int = 0,
+        compute_logits: bool = True,
     ) -> ModelOutput:
         """Run the LM.
 
@@ -126,7 +127,11 @@ class CausalLM(ZooModel):
             output_hidden_states: return every layer's input and the final hidden state.
             logits_to_keep: if > 0, compute logits for the last this many positions only
                 (generation needs the last one; the vocab projection is the largest matmul).
+            compute_logits: False skips the output projection (``logits`` is None), for a caller
+                that projects ``last_hidden_state`` itself (``zoo.quant.screen_head``).
         """
+        if not compute_logits and labels is not None:
+            raise ValueError("labels: the loss needs the logits; pass compute_logits=True")
         prep = prepare(
             input_ids,
             vocab_size=self.config.vocab_size,
@@ -156,7 +161,12 @@ class CausalLM(ZooModel):
             **mask_kwargs,
         )
         h = x[:, -logits_to_keep:] if logits_to_keep > 0 else x
-        logits = self.lm_head(h) if self.lm_head is not None else F.linear(h, self.embed.weight)  # (B, T, vocab)
+        if not compute_logits:
+            logits = None
+        elif self.lm_head is not None:
+            logits = self.lm_head(h)  # (B, T, vocab)
+        else:
+            logits = F.linear(h, self.embed.weight)
 
         full_mask = attention_mask
         aux = self.aux_loss(full_mask[:, past:] if full_mask is not None else None)

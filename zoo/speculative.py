@@ -63,6 +63,7 @@ def quantized_draft(model: nn.Module, kind: str = "int8", group_size: int | None
     if not hasattr(model, "layers") or not hasattr(model, "lm_head"):
         raise ValueError(f"model: a quantized draft is made from a decoder-only zoo model, not {type(model).__name__}")
     draft = copy.copy(model)
+    draft.__dict__.pop("screened_head", None)  # the target's fp32 projection is not the draft's
     draft._modules = dict(model._modules)  # a copy of the table: the target keeps its own layers
     draft.layers = copy.deepcopy(model.layers)
     if model.lm_head is not None:
@@ -162,7 +163,13 @@ def speculative_generate(
         n = min(k, max_new_tokens - (len(seq) - T) - 1)  # drafts that can still be used
         drafts, q = [], []
         pending = seq[d_cache.length :]
+        draft_screened = None if do_sample else draft.__dict__.get("screened_head")
         for _ in range(n):
+            if draft_screened is not None:  # a layer-skip draft of a screened fp32 model
+                out = draft(torch.tensor([pending]), cache=d_cache, logits_to_keep=1, compute_logits=False)
+                drafts.append(int(draft_screened.argmax(out.last_hidden_state[0, -1:])[0]))
+                pending = drafts[-1:]
+                continue
             logits = draft(torch.tensor([pending]), cache=d_cache, logits_to_keep=1).logits[0, -1]
             if do_sample:
                 q.append(_probs(logits, temperature, top_k, top_p))
@@ -172,7 +179,13 @@ def speculative_generate(
             drafts.append(token)
             pending = [token]
         start = t_cache.length
-        logits = target(torch.tensor([seq[-1:] + drafts]), cache=t_cache).logits[0]  # (n + 1, V)
+        block = torch.tensor([seq[-1:] + drafts])  # (1, n + 1)
+        screened = None if do_sample else target.__dict__.get("screened_head")
+        if screened is not None:  # zoo.quant.screen_head: each row's argmax, without the logits
+            choices = screened.argmax(target(block, cache=t_cache, compute_logits=False).last_hidden_state[0])
+        else:
+            logits = target(block, cache=t_cache).logits[0]  # (n + 1, V)
+            choices = None if do_sample else logits.argmax(-1)
         stats.target_forwards += 1
         stats.drafted += n
         if do_sample:
@@ -183,9 +196,9 @@ def speculative_generate(
             else:
                 kept, token = 0, int(torch.multinomial(p[0], 1, generator=generator))
         else:
-            agree = logits[:n].argmax(-1) == torch.tensor(drafts, dtype=torch.long)
+            agree = choices[:n] == torch.tensor(drafts, dtype=torch.long)
             kept = int(agree.long().cumprod(0).sum())
-            token = int(logits[kept].argmax())
+            token = int(choices[kept])
         stats.accepted += kept
         new = [*drafts[:kept], token]
         t_cache.truncate(start + 1 + kept)  # seq[-1] and the kept drafts

@@ -71,6 +71,17 @@ class _Processor:
             torch.tensor(config.forced_eos_token_id, device=device) if config.forced_eos_token_id else None
         )
 
+    def changes_greedy(self, sequences: torch.Tensor) -> bool:
+        """Whether this step's processing can change the argmax of the scores (greedy decoding
+        may skip the logits only where it cannot)."""
+        c, length = self.c, sequences.shape[1]
+        return (
+            c.repetition_penalty != 1.0
+            or (self.eos is not None and length - self.prompt_len < c.min_new_tokens)
+            or (self.forced_bos is not None and length == 1)
+            or (self.forced_eos is not None and length == self.prompt_len + c.max_new_tokens - 1)
+        )
+
     def __call__(self, scores: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         c = self.c
         if c.repetition_penalty != 1.0:

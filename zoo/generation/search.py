@@ -39,11 +39,15 @@ class _Sampler:
         """The next (B,) tokens."""
         if self.last is not None:
             self.decoder.append(self.last)
-        scores = self.process(self.decoder.logits(), self.decoder.sequences)
-        if self.c.do_sample:
-            tokens = torch.multinomial(scores.softmax(dim=-1), 1, generator=self.generator).squeeze(1)
-        else:
-            tokens = scores.argmax(dim=-1)
+        tokens = None
+        if not self.c.do_sample and not self.process.changes_greedy(self.decoder.sequences):
+            tokens = self.decoder.greedy_tokens()  # None unless the output projection is screened
+        if tokens is None:
+            scores = self.process(self.decoder.logits(), self.decoder.sequences)
+            if self.c.do_sample:
+                tokens = torch.multinomial(scores.softmax(dim=-1), 1, generator=self.generator).squeeze(1)
+            else:
+                tokens = scores.argmax(dim=-1)
         eos = self.process.eos
         if eos is not None:  # rows that have stopped get the pad token, and stay stopped
             tokens = torch.where(self.unfinished, tokens, self.c.pad)

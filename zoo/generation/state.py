@@ -9,6 +9,7 @@ checks the inputs against the model and returns a state with this small interfac
 - ``first_real``: (N,) each row's first real position (left padding before it) or None, for the
   repetition penalty;
 - ``logits()``: (N, vocab) float32 next-token logits, running the model on what it has not seen;
+- ``greedy_tokens()``: (N,) their argmax, or None where the state cannot give it without them;
 - ``append(tokens)``: add one token (N,) per row;
 - ``reorder(rows)``: keep rows ``rows`` (beam search), every cache and per-row tensor with them.
 
@@ -40,6 +41,11 @@ class DecodingState:
             raise ValueError(f"max_new_tokens: this decoder was sized for {self.ids.shape[1]} tokens and is full")
         self.ids[:, self.length] = tokens
         self.length += 1
+
+    def greedy_tokens(self) -> torch.Tensor | None:
+        """(N,) the argmax of the next-token logits, where the state can find it without them (a
+        screened output projection); None otherwise, and the caller asks ``logits()``."""
+        return None
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep rows ``rows`` (in that order; repeats allowed)."""
@@ -110,6 +116,18 @@ class Decoder(DecodingState):
         out = self.model(self.ids[:, start : self.length], attention_mask=mask, cache=self.cache, logits_to_keep=1)
         self._seen = self.length
         return out.logits[:, -1].float()
+
+    def greedy_tokens(self) -> torch.Tensor | None:
+        """With ``zoo.quant.screen_head``: the model's layers, then the screened argmax."""
+        head = self.model.__dict__.get("screened_head")
+        if head is None:
+            return None
+        start = self._seen if self.cache is not None else 0
+        mask = self.mask[:, : self.length] if self.padded else None
+        ids = self.ids[:, start : self.length]
+        out = self.model(ids, attention_mask=mask, cache=self.cache, logits_to_keep=1, compute_logits=False)
+        self._seen = self.length
+        return head.argmax(out.last_hidden_state[:, -1])
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep rows ``rows`` (in that order; repeats allowed), cache included."""
