@@ -402,15 +402,17 @@ class ScreenedHead:
                 f"CPU), got {tuple(weight.shape)} {weight.dtype} on {weight.device}"
             )
         self.weight, self.bias = weight, bias
-        self.builds = 0
+        self.builds = self.calls = 0
         self.fallbacks = 0  # calls where too many candidates survived and the full product ran
         self._build()
 
     def _fingerprint(self) -> tuple:
+        """The weight's version counter, shape, dtype, device and a sum of fixed entries (the same
+        whatever its memory layout: generate may store it column-major for a batch)."""
         w = self.weight
-        flat = w.detach().reshape(-1) if w.is_contiguous() else w.detach().t().reshape(-1)
-        step = max(1, flat.numel() // _FINGERPRINT)
-        return w._version, tuple(w.shape), w.dtype, w.device, flat[::step][:_FINGERPRINT].sum().item()
+        rows = torch.linspace(0, w.shape[0] - 1, _FINGERPRINT).long()
+        cols = torch.arange(_FINGERPRINT) * 7919 % w.shape[1]
+        return w._version, tuple(w.shape), w.dtype, w.device, w.detach()[rows, cols].double().sum().item()
 
     @torch.no_grad()
     def _build(self) -> None:
@@ -447,6 +449,7 @@ class ScreenedHead:
         """(M,) the argmax of ``W h (+ b)`` for each row of h (M, K)."""
         if self._fingerprint() != self.stamp:
             self._build()
+        self.calls += 1
         x = h.float()
         keep = self.candidates(x)
         if int(keep.sum(dim=1).max()) > self.weight.shape[0] // 8:
@@ -476,12 +479,14 @@ def screen_head(model: nn.Module, enabled: bool = True) -> ScreenedHead | None:
     if not enabled:
         model.__dict__.pop("screened_head", None)
         return None
-    import inspect
+    from zoo.lm import CausalLM
 
-    if not hasattr(model, "layers") or not hasattr(model, "lm_head"):
+    if not isinstance(model, CausalLM):
         raise ValueError(f"model: screen_head takes a decoder-only zoo model (CausalLM), not {type(model).__name__}")
-    if "compute_logits" not in inspect.signature(model.forward).parameters:
-        raise ValueError(f"model: {type(model).__name__}.forward cannot skip its output projection (compute_logits)")
+    if model.task != "causal_lm":  # GPT-1's double-heads model reshapes the logits it would not have
+        raise ValueError(
+            f"model: {type(model).__name__} ({model.task}) needs its logits; screen_head serves causal LMs"
+        )
     if isinstance(model.lm_head, QuantLinear):
         raise ValueError(
             "model: the output projection is already quantized (it refines its own top candidates); "

