@@ -260,6 +260,7 @@ def cmd_generate(args) -> int:
         print("zoo generate: decoding steps compiled (torch.compile; the first steps compile)", file=sys.stderr)
     else:
         print("zoo generate: decoding steps eager (--compile: faster steps after a compile)", file=sys.stderr)
+    _screen_for_greedy(args, model, options)
     chat = bool(tokenizer.chat_template) if args.chat is None else args.chat
     if chat:
         messages = [{"role": "system", "content": args.system}] if args.system else []
@@ -284,6 +285,30 @@ def cmd_generate(args) -> int:
         print(tokenizer.decode(out[0, 1 if seq2seq else len(ids) :].tolist()), end="")
     print()
     return 0
+
+
+def _screen_for_greedy(args, model, options: dict) -> None:
+    """Greedy decoding of an fp32 causal LM on CPU goes through ``zoo.quant.screen_head`` unless
+    --no-screen: the same tokens as the full output projection, from a quarter of its bytes."""
+    from zoo.lm import CausalLM
+    from zoo.quant import QuantLinear, screen_head
+
+    greedy = not options["do_sample"] and options["num_beams"] == 1
+    servable = (
+        isinstance(model, CausalLM)
+        and model.task == "causal_lm"
+        and model.device.type == "cpu"
+        and model.dtype == torch.float32
+        and not isinstance(model.lm_head, QuantLinear)
+    )
+    if args.no_screen or not greedy or not servable:
+        return
+    screen_head(model)
+    print(
+        "zoo generate: greedy tokens through the screened output projection (int8 codes + fp32 rescoring of the "
+        "candidates: the fp32 tokens; --no-screen: the full product)",
+        file=sys.stderr,
+    )
 
 
 def _speculate(args, model, ids: list[int], options: dict) -> torch.Tensor:
@@ -451,6 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the same tokenizer (a GGUF runs on its own codes); MODEL's own output, printed at the end",
     )
     p.add_argument("--draft-k", type=int, default=4, help="tokens the draft proposes a round (--draft)")
+    p.add_argument(
+        "--no-screen",
+        action="store_true",
+        help="greedy decoding of an fp32 model picks each token through int8 codes of the output projection and "
+        "fp32 rescoring of the few candidates (the same tokens, faster; docs/generation.md); this runs the full "
+        "fp32 product instead",
+    )
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("attention", help="attention heatmaps (PNG) and a page to browse every layer and head (HTML)")

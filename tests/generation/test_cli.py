@@ -86,6 +86,18 @@ def test_generate_compile_gives_the_eager_text_and_says_which_it_ran(plain_dir, 
     assert "decoding steps eager (--compile" in capsys.readouterr().err
 
 
+def test_generate_screens_greedy_fp32_decoding_by_default_and_says_so(plain_dir, capsys):
+    args = ["generate", str(plain_dir), "--prompt", "w1 w7 w3", "--max-new-tokens", "9"]
+    expected = _expected(plain_dir, "w1 w7 w3", max_new_tokens=9) + "\n"  # the full fp32 product's text
+    for extra, screened in (([], True), (["--no-screen"], False), (["--draft", str(plain_dir)], True)):
+        assert main([*args, *extra]) == 0
+        out = capsys.readouterr()
+        assert out.out == expected, extra
+        assert ("greedy tokens through the screened output projection" in out.err) == screened, extra
+    assert main([*args, "--do-sample", "--seed", "1"]) == 0
+    assert "screened" not in capsys.readouterr().err  # sampling needs every logit
+
+
 def test_generate_with_a_draft_gives_the_models_own_text(plain_dir, capsys):
     """--draft CHECKPOINT (here the model itself: everything is accepted) prints what plain
     decoding prints, and the acceptance on stderr; the flags speculative decoding cannot take are
