@@ -25,6 +25,9 @@ and without it its rows are left out. For each model and batch:
   numerics, its Q8_0 activations among them, may part from it after some tokens);
 - speculative rows: the fp32 model's own greedy output, drafted by a quantized copy of itself
   (``zoo.speculative.quantized_draft``; for SmolLM2 the file's Q4_1 codes), batch 1 only;
+- ``screened head`` rows: greedy tokens through ``zoo.quant.screen_head`` (int8 codes of the fp32
+  output projection, an error bound, fp32 rescoring of the candidates; the weights read a step
+  count the codes instead of the fp32 projection);
 - the first call's time (prefill and two tokens, before any timing): for the ``compiled`` rows
   (``zoo.compile_decoding``) it is mostly torch.compile's compiling, paid once per process.
 
@@ -50,6 +53,7 @@ import torch
 import transformers
 
 import zoo
+import zoo.quant
 from zoo.speculative import quantized_draft, speculative_generate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +125,12 @@ def weight_bytes(model: torch.nn.Module) -> int:
     tensors.update(
         {id(b): b for name, b in model.named_buffers() if name.rsplit(".", 1)[-1].startswith(("codes", "scales"))}
     )
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+    screened = model.__dict__.get("screened_head")  # its int8 codes are read instead of the fp32 projection
+    extra = 0
+    if screened is not None:
+        tensors.pop(id(screened.weight), None)
+        extra = screened.extra_bytes()
+    return sum(t.numel() * t.element_size() for t in tensors.values()) + extra
 
 
 def load_gpt2(tmp: Path, threads: int):
@@ -139,6 +148,12 @@ def load_gpt2(tmp: Path, threads: int):
     }
     out.update({"zoo int8": zoo_runner(int8), "zoo int4 g32": zoo_runner(int4)})
     out[f"zoo fp32, int8 draft (k={SPECULATE_K})"] = speculative_runner(model, quantized_draft(model, "int8"))
+    screened = zoo.from_pretrained(tmp)
+    zoo.quant.screen_head(screened)
+    out["zoo, screened head"] = zoo_runner(screened)
+    out[f"zoo fp32, int8 draft (k={SPECULATE_K}), screened head"] = speculative_runner(
+        screened, quantized_draft(screened, "int8")
+    )
     return out
 
 
@@ -161,6 +176,10 @@ def load_smollm2(tmp: Path, threads: int):
         f"zoo fp32, Q4_1 draft (k={SPECULATE_K})": speculative_runner(model, native),
         "transformers": hf_runner(ref),
     }
+    screened = zoo.from_pretrained(path)
+    zoo.quant.screen_head(screened)
+    out["zoo fp32, screened head"] = zoo_runner(screened)
+    out[f"zoo fp32, Q4_1 draft (k={SPECULATE_K}), screened head"] = speculative_runner(screened, native)
     if importlib.util.find_spec("llama_cpp") is None:
         print('llama.cpp: not installed (CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python); skipped')
     else:

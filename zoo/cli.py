@@ -272,11 +272,11 @@ def cmd_generate(args) -> int:
     if seq2seq and tokenizer.eos_token_id is not None and ids[-1:] != [tokenizer.eos_token_id]:
         ids.append(tokenizer.eos_token_id)  # a source ends in the end token, as the model was trained
     options.update(eos_token_id=tokenizer.eos_token_id)
-    streamer = TextStreamer(tokenizer) if args.num_beams == 1 and args.draft is None else None
+    streamer = TextStreamer(tokenizer) if args.num_beams == 1 else None
     with torch.inference_mode():
         try:
             if args.draft is not None:
-                out = _speculate(args, model, ids, options)
+                out = _speculate(args, model, ids, options, streamer)
             else:
                 out = generate(model, torch.tensor([ids]), streamer=streamer, **options)
         except ValueError as err:  # what depends on the model: max_new_tokens past its context, say
@@ -311,9 +311,9 @@ def _screen_for_greedy(args, model, options: dict) -> None:
     )
 
 
-def _speculate(args, model, ids: list[int], options: dict) -> torch.Tensor:
-    """--draft: the target's own output, drafted by another model (zoo.speculative); the text is
-    printed at the end, with the acceptance rate on stderr."""
+def _speculate(args, model, ids: list[int], options: dict, streamer) -> torch.Tensor:
+    """--draft: the target's own output, drafted by another model (zoo.speculative), streamed a
+    verified round at a time; the acceptance rate goes to stderr at the end."""
     from zoo.speculative import speculative_generate
 
     draft = _load_draft(args, model)
@@ -331,6 +331,7 @@ def _speculate(args, model, ids: list[int], options: dict) -> torch.Tensor:
         do_sample=options["do_sample"],
         eos_token_id=options["eos_token_id"],
         seed=options["seed"],
+        streamer=streamer,
         **sampling,
     )
     print(
@@ -473,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--draft",
         default=None,
         help="speculative decoding: int8 or int4 (a quantized copy of MODEL drafts for it), or a checkpoint with "
-        "the same tokenizer (a GGUF runs on its own codes); MODEL's own output, printed at the end",
+        "the same tokenizer (a GGUF runs on its own codes); MODEL's own output, streamed a verified round at a time",
     )
     p.add_argument("--draft-k", type=int, default=4, help="tokens the draft proposes a round (--draft)")
     p.add_argument(

@@ -16,6 +16,7 @@ numbers of tokens. The caches are static (a rolling-window cache cannot take bac
 """
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -125,10 +126,12 @@ def speculative_generate(
     eos_token_id: int | list[int] | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
+    streamer: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, SpeculativeStats]:
     """Continue one prompt (1, T) with ``target``, drafting with ``draft``; returns (the prompt and
     the new tokens (1, T + new), the stats). Options as ``zoo.generate``'s; ``k`` tokens are
-    drafted per round."""
+    drafted per round; ``streamer`` (a ``zoo.TextStreamer``, say) is called with each new token
+    (a (1,) tensor) as soon as its round is verified, 1 to k + 1 of them a round."""
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids: speculative decoding takes one row (1, T), got {tuple(input_ids.shape)}")
     if draft.config.vocab_size != target.config.vocab_size:
@@ -205,6 +208,8 @@ def speculative_generate(
         d_cache.truncate(min(d_cache.length, start + 1 + kept))
         for t in new:  # n was capped so that these never pass max_new_tokens
             seq.append(t)
+            if streamer is not None:
+                streamer(torch.tensor([t], dtype=input_ids.dtype))
             if t in eos:
                 return torch.tensor([seq], dtype=input_ids.dtype), stats
     return torch.tensor([seq], dtype=input_ids.dtype), stats

@@ -1,6 +1,8 @@
 """Speculative decoding: greedy output identical to the target's own, sampling keeping the
 target's distribution (the accept/reject rule, checked statistically on a tiny vocabulary)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -36,6 +38,28 @@ def test_a_draft_that_is_the_target_accepts_everything(pair):
     out, stats = speculative_generate(target, target, _prompt(0), max_new_tokens=21, k=4)
     assert torch.equal(out, target.generate(_prompt(0), max_new_tokens=21))
     assert stats.acceptance_rate == 1.0 and stats.target_forwards == 5  # 5 tokens a forward, then 1
+
+
+def test_streams_each_verified_round(pair):
+    """The streamer gets every new token, in order, by the end of the round that verified it:
+    several arrive between two target forwards when drafts are accepted."""
+    target = pair[0]
+    twin = copy.deepcopy(target)  # the target's own copy drafts: every draft accepted
+    got, forwards_seen = [], []
+    counting = target.forward
+
+    def counted(*args, **kwargs):
+        forwards_seen.append(len(got))
+        return counting(*args, **kwargs)
+
+    target.forward = counted
+    try:
+        out, stats = speculative_generate(target, twin, _prompt(0), max_new_tokens=21, k=4, streamer=got.append)
+    finally:
+        del target.forward
+    assert torch.cat(got).tolist() == out[0, 7:].tolist()
+    # prefill, then one verification per round: 0 tokens streamed before the first round, 5 more each round
+    assert forwards_seen == [0, 0, 5, 10, 15, 20] and stats.target_forwards == 5
 
 
 def test_layer_skip_draft_shares_the_weights(pair):
