@@ -65,12 +65,16 @@ def test_logits_within_tolerance_of_fp32(models, prompts):
             assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
 
 
-def test_greedy_answers_are_the_fp32_ones(models, prompts):
-    fp32, native = models
-    for ids in prompts:
-        a = fp32.generate(torch.tensor([ids]), max_new_tokens=16)
-        b = native.generate(torch.tensor([ids]), max_new_tokens=16)
-        assert torch.equal(a, b)
+@pytest.fixture(scope="module")
+def fp32_answers(models, prompts):
+    """The fp32 model's greedy answers (16 tokens), through the full fp32 output projection."""
+    return [models[0].generate(torch.tensor([ids]), max_new_tokens=16) for ids in prompts]
+
+
+def test_greedy_answers_are_the_fp32_ones(models, prompts, fp32_answers):
+    _, native = models
+    for ids, a in zip(prompts, fp32_answers, strict=True):
+        assert torch.equal(a, native.generate(torch.tensor([ids]), max_new_tokens=16))
 
 
 def test_zoo_generate_runs_the_native_codes_and_says_so(capsys):
@@ -82,11 +86,11 @@ def test_zoo_generate_runs_the_native_codes_and_says_so(capsys):
     assert "zoo generate: float32, weights 8-bit blocks as 2x int4 g32 (1 layers), int4 g32 (120" in captured.err
 
 
-def test_screened_fp32_head_gives_the_fp32_greedy_answers(models, prompts):
+def test_screened_fp32_head_gives_the_fp32_greedy_answers(models, prompts, fp32_answers):
     """zoo.quant.screen_head on the real weights: the tied 49152 x 576 projection read as int8
     codes plus the candidates' fp32 rows gives the full fp32 product's greedy answers."""
     fp32, _ = models
-    plain = [fp32.generate(torch.tensor([ids]), max_new_tokens=16) for ids in prompts]
+    plain = fp32_answers
     head = screen_head(fp32)
     try:
         screened = [fp32.generate(torch.tensor([ids]), max_new_tokens=16) for ids in prompts]
