@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from zoo.blocks import onednn
 from zoo.blocks.cache import KVCache
 from zoo.modeling import ZooModel
 from zoo.outputs import ModelOutput
@@ -166,7 +167,7 @@ class CausalLM(ZooModel):
         elif self.lm_head is not None:
             logits = self.lm_head(h)  # (B, T, vocab)
         else:
-            logits = F.linear(h, self.embed.weight)
+            logits = onednn.linear(h, self.embed.weight)  # tied: F.linear, or oneDNN while decoding
 
         full_mask = attention_mask
         aux = self.aux_loss(full_mask[:, past:] if full_mask is not None else None)

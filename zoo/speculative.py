@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zoo.generation import apply_top_k, apply_top_p
+from zoo.generation import _decode_layout, apply_top_k, apply_top_p
 from zoo.quant import quantize
 
 
@@ -154,6 +154,15 @@ def speculative_generate(
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
     eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
 
+    with _decode_layout(target, rows=k + 1), _decode_layout(draft, rows=1):
+        return _speculate(
+            target, draft, input_ids, max_new_tokens, k, do_sample, temperature, top_k, top_p, eos, generator, streamer
+        )
+
+
+def _speculate(
+    target, draft, input_ids, max_new_tokens, k, do_sample, temperature, top_k, top_p, eos, generator, streamer
+) -> tuple[torch.Tensor, SpeculativeStats]:
     T = input_ids.shape[1]
     capacity = T + max_new_tokens + k + 1
     t_cache, d_cache = target.new_cache(1, capacity), draft.new_cache(1, capacity)

@@ -137,24 +137,38 @@ def test_outputs_are_ordinary_tensors_and_autograd_stays_on_between_steps(gpt2_p
         assert not tokens.is_inference()
 
 
-def test_batched_decoding_moves_weights_column_major_and_always_restores_them(gpt2_pair):
+def test_decoding_kernels_by_batch_size_and_always_restored(gpt2_pair):
+    """Up to 8 rows the linear layers run through oneDNN (zoo.blocks.onednn), nothing copied;
+    more rows store the weights column-major (MKL's faster layout for them); both undone after
+    the call, also when it is interrupted."""
+    from zoo.blocks import onednn
+
     _, model = gpt2_pair
     before = {name: (p, p.detach().clone()) for name, p in model.named_parameters()}
-    q_proj = model.layers[0].attn.q_proj.weight
+    q = model.layers[0].attn.q_proj
     ids, mask = padded_prompts(V, seed=15)
+    big_ids, big_mask = ids.repeat(3, 1), mask.repeat(3, 1)  # 9 rows
     during = []
-    model.generate(ids, mask, max_new_tokens=3, streamer=lambda t: during.append(q_proj.is_contiguous()))
-    model.generate(ids[:1], max_new_tokens=3, streamer=lambda t: during.append(q_proj.is_contiguous()))
-    assert during == [False] * 3 + [True] * 3  # (in, out) storage for a batch; untouched for one row
+
+    def look(tokens):
+        during.append((q.weight.is_contiguous(), "forward" in q.__dict__))
+
+    model.generate(big_ids, big_mask, max_new_tokens=3, streamer=look)
+    model.generate(ids, mask, max_new_tokens=3, streamer=look)
+    model.generate(ids[:1], max_new_tokens=3, streamer=look)
+    routed = (True, onednn.available())
+    assert during == [(False, False)] * 3 + [routed] * 6  # (in, out) storage for 9 rows; oneDNN for 3 and 1
 
     def interrupt(tokens):
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        model.generate(ids, mask, max_new_tokens=3, streamer=interrupt)
+    for batch in ((big_ids, big_mask), (ids, mask)):
+        with pytest.raises(KeyboardInterrupt):
+            model.generate(*batch, max_new_tokens=3, streamer=interrupt)
     for name, p in model.named_parameters():
         original, values = before[name]
         assert p is original and p.is_contiguous() and torch.equal(p, values)
+    assert not any("forward" in m.__dict__ for m in model.modules()) and onednn._active == 0
 
 
 def test_batched_decoding_inside_inference_mode_leaves_the_weights_trainable(gpt2_pair):
@@ -163,6 +177,7 @@ def test_batched_decoding_inside_inference_mode_leaves_the_weights_trainable(gpt
     saved for backward"). Found by the compiled-decoding tests."""
     _, model = gpt2_pair
     ids, mask = padded_prompts(V, seed=16)
+    ids, mask = ids.repeat(3, 1), mask.repeat(3, 1)  # 9 rows: the column-major path
     with torch.inference_mode():
         model.generate(ids, mask, max_new_tokens=2)
     assert not any(p.is_inference() for p in model.parameters())
