@@ -467,8 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="run the decoding steps through torch.compile: tens of seconds to compile, then faster steps "
-        "(pays for long outputs; decoder-only models; see docs/generation.md)",
+        help="run the decoding steps through torch.compile: tens of seconds to compile, then faster steps for "
+        "quantized models (a GGUF on its codes; fp32 models decode faster eagerly); decoder-only; docs/generation.md",
     )
     p.add_argument(
         "--draft",
