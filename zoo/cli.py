@@ -259,7 +259,11 @@ def cmd_generate(args) -> int:
         compile_decoding(model)
         print("zoo generate: decoding steps compiled (torch.compile; the first steps compile)", file=sys.stderr)
     else:
-        print("zoo generate: decoding steps eager (--compile: faster steps after a compile)", file=sys.stderr)
+        from zoo.blocks import onednn
+
+        kernels = "; float32 products of up to 8 rows through oneDNN" if onednn.available() else ""
+        eager = "decoding steps eager (--compile: faster steps after a compile, for quantized models)"
+        print(f"zoo generate: {eager}{kernels}", file=sys.stderr)
     _screen_for_greedy(args, model, options)
     chat = bool(tokenizer.chat_template) if args.chat is None else args.chat
     if chat:

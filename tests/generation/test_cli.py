@@ -83,7 +83,11 @@ def test_generate_compile_gives_the_eager_text_and_says_which_it_ran(plain_dir, 
     assert out.out == _expected(plain_dir, "w1 w7 w3", max_new_tokens=9) + "\n"
     assert "decoding steps compiled" in out.err
     assert main(args) == 0
-    assert "decoding steps eager (--compile" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "decoding steps eager (--compile" in err
+    from zoo.blocks import onednn
+
+    assert ("float32 products of up to 8 rows through oneDNN" in err) == onednn.available()
 
 
 def test_generate_screens_greedy_fp32_decoding_by_default_and_says_so(plain_dir, capsys):
