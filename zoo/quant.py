@@ -479,9 +479,7 @@ def screen_head(model: nn.Module, enabled: bool = True) -> ScreenedHead | None:
     if not enabled:
         model.__dict__.pop("screened_head", None)
         return None
-    from zoo.lm import CausalLM
-
-    if not isinstance(model, CausalLM):
+    if not hasattr(model, "layers") or not hasattr(model, "lm_head") or not hasattr(model, "task"):
         raise ValueError(f"model: screen_head takes a decoder-only zoo model (CausalLM), not {type(model).__name__}")
     if model.task != "causal_lm":  # GPT-1's double-heads model reshapes the logits it would not have
         raise ValueError(
