@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from zoo.generation import _decode_layout, apply_top_k, apply_top_p
-from zoo.quant import quantize
+from zoo.quant import HEAD_BLOCK, quantize
 
 
 @dataclass
@@ -69,7 +69,10 @@ def quantized_draft(model: nn.Module, kind: str = "int8", group_size: int | None
     draft.layers = copy.deepcopy(model.layers)
     if model.lm_head is not None:
         draft.lm_head = copy.deepcopy(model.lm_head)
-    return quantize(draft, kind, group_size)
+    # The head in 8-bit blocks of 32 inputs where they divide its width, else as the layers (a
+    # draft only proposes: any head will do, and the target decides).
+    width = (model.lm_head if model.lm_head is not None else model.embed).weight.shape[1]
+    return quantize(draft, kind, group_size, head="int8-blocks" if width % HEAD_BLOCK == 0 else "same")
 
 
 def _probs(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:

@@ -93,7 +93,12 @@ def test_generate_compile_gives_the_eager_text_and_says_which_it_ran(plain_dir, 
 def test_generate_screens_greedy_fp32_decoding_by_default_and_says_so(plain_dir, capsys):
     args = ["generate", str(plain_dir), "--prompt", "w1 w7 w3", "--max-new-tokens", "9"]
     expected = _expected(plain_dir, "w1 w7 w3", max_new_tokens=9) + "\n"  # the full fp32 product's text
-    for extra, screened in (([], True), (["--no-screen"], False), (["--draft", str(plain_dir)], True)):
+    for extra, screened in (
+        ([], True),
+        (["--no-screen"], False),
+        (["--draft", str(plain_dir)], True),
+        (["--draft", "int8"], True),
+    ):
         assert main([*args, *extra]) == 0
         out = capsys.readouterr()
         assert out.out == expected, extra

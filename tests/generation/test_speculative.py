@@ -144,3 +144,10 @@ def test_a_quantized_copy_of_the_target_is_a_draft_that_is_almost_always_right(p
     assert rates["int8"] >= 0.85 and rates["int4"] >= rates["unrelated"] + 0.25 and rates["int8"] > rates["int4"]
     with pytest.raises(ValueError, match="model: a quantized draft is made from a decoder-only zoo model"):
         quantized_draft(torch.nn.Linear(2, 2))
+    # A width that 8-bit blocks of 32 do not divide (48): the draft's head is per-channel int8 instead.
+    narrow = randomize_(zoo.create_model("llama-tiny", n_layers=2, max_seq_len=96, d_model=48, d_ff=96), seed=6)
+    draft = quantized_draft(narrow, "int8")
+    assert draft.lm_head.kind == "int8" and draft.lm_head.input_copies == 1
+    assert draft.layers[0].mlp.down.kind == "int8"
+    out, _ = speculative_generate(narrow, draft, _prompt(1), max_new_tokens=12, k=3)
+    assert torch.equal(out, narrow.generate(_prompt(1), max_new_tokens=12))
