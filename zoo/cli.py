@@ -294,18 +294,10 @@ def cmd_generate(args) -> int:
 def _screen_for_greedy(args, model, options: dict) -> None:
     """Greedy decoding of an fp32 causal LM on CPU goes through ``zoo.quant.screen_head`` unless
     --no-screen: the same tokens as the full output projection, from a quarter of its bytes."""
-    from zoo.lm import CausalLM
-    from zoo.quant import QuantLinear, screen_head
+    from zoo.quant import screen_head, unscreenable
 
     greedy = not options["do_sample"] and options["num_beams"] == 1
-    servable = (
-        isinstance(model, CausalLM)
-        and model.task == "causal_lm"
-        and model.device.type == "cpu"
-        and model.dtype == torch.float32
-        and not isinstance(model.lm_head, QuantLinear)
-    )
-    if args.no_screen or not greedy or not servable:
+    if args.no_screen or not greedy or unscreenable(model) is not None:
         return
     screen_head(model)
     print(

@@ -469,27 +469,36 @@ class ScreenedHead:
         return sum(t.numel() * t.element_size() for t in kept)
 
 
+def unscreenable(model: nn.Module) -> str | None:
+    """Why ``screen_head`` cannot serve ``model`` (one line naming it), or None if it can."""
+    if not hasattr(model, "layers") or not hasattr(model, "lm_head") or not hasattr(model, "task"):
+        return f"screen_head takes a decoder-only zoo model (CausalLM), not {type(model).__name__}"
+    if model.task != "causal_lm":  # GPT-1's double-heads model reshapes the logits it would not have
+        return f"{type(model).__name__} ({model.task}) needs its logits; screen_head serves causal LMs"
+    if isinstance(model.lm_head, QuantLinear):
+        return "the output projection is already quantized (it refines its own top candidates); screen_head is for fp32"
+    w = (model.lm_head if model.lm_head is not None else model.embed).weight
+    if w.dim() != 2 or w.dtype != torch.float32 or w.device.type != "cpu":
+        return (
+            "screen_head: the output projection must be a 2-d float32 CPU weight (the int8 kernel runs on CPU), "
+            f"got {tuple(w.shape)} {w.dtype} on {w.device}"
+        )
+    return None
+
+
 def screen_head(model: nn.Module, enabled: bool = True) -> ScreenedHead | None:
     """Decode greedily through a ``ScreenedHead`` of ``model``'s fp32 output projection: the
     same tokens as the full fp32 product, reading about a quarter of its bytes (GPT-2 124M: 38.6
     of its 154 MB; see docs/generation.md). Used by plain greedy decoding (``generate`` with no
     repetition penalty or forced or banned tokens at that step, and greedy speculative decoding);
     sampling, beam search and the model's own forward keep the full logits. ``enabled=False``
-    removes it. Returns the head (or None)."""
+    removes it. Returns the head (or None); ``ValueError`` where ``unscreenable`` says why not."""
     if not enabled:
         model.__dict__.pop("screened_head", None)
         return None
-    if not hasattr(model, "layers") or not hasattr(model, "lm_head") or not hasattr(model, "task"):
-        raise ValueError(f"model: screen_head takes a decoder-only zoo model (CausalLM), not {type(model).__name__}")
-    if model.task != "causal_lm":  # GPT-1's double-heads model reshapes the logits it would not have
-        raise ValueError(
-            f"model: {type(model).__name__} ({model.task}) needs its logits; screen_head serves causal LMs"
-        )
-    if isinstance(model.lm_head, QuantLinear):
-        raise ValueError(
-            "model: the output projection is already quantized (it refines its own top candidates); "
-            "screen_head serves float32 ones"
-        )
+    why = unscreenable(model)
+    if why is not None:
+        raise ValueError(f"model: {why}")
     out = model.lm_head if model.lm_head is not None else model.embed  # tied: the embedding is the projection
     head = ScreenedHead(out.weight, getattr(out, "bias", None))
     model.__dict__["screened_head"] = head  # not a submodule: no state_dict keys, nothing for export to see

@@ -157,71 +157,65 @@ def speculative_generate(
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
     eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
 
+    # The decoding kernels (oneDNN products for a few rows) for the target's k + 1-token
+    # verifications and the draft's one-token steps; undone on return.
     with _decode_layout(target, rows=k + 1), _decode_layout(draft, rows=1):
-        return _speculate(
-            target, draft, input_ids, max_new_tokens, k, do_sample, temperature, top_k, top_p, eos, generator, streamer
-        )
-
-
-def _speculate(
-    target, draft, input_ids, max_new_tokens, k, do_sample, temperature, top_k, top_p, eos, generator, streamer
-) -> tuple[torch.Tensor, SpeculativeStats]:
-    T = input_ids.shape[1]
-    capacity = T + max_new_tokens + k + 1
-    t_cache, d_cache = target.new_cache(1, capacity), draft.new_cache(1, capacity)
-    seq = input_ids[0].tolist()
-    stats = SpeculativeStats()
-    # Invariant: the target's cache holds seq[:-1]; the draft's cache a prefix of seq.
-    if T > 1:
-        target(input_ids[:, :-1], cache=t_cache)
-    while len(seq) - T < max_new_tokens:
-        n = min(k, max_new_tokens - (len(seq) - T) - 1)  # drafts that can still be used
-        drafts, q = [], []
-        pending = seq[d_cache.length :]
-        draft_screened = None if do_sample else draft.__dict__.get("screened_head")
-        for _ in range(n):
-            if draft_screened is not None:  # a layer-skip draft of a screened fp32 model
-                out = draft(torch.tensor([pending]), cache=d_cache, logits_to_keep=1, compute_logits=False)
-                drafts.append(int(draft_screened.argmax(out.last_hidden_state[0, -1:])[0]))
-                pending = drafts[-1:]
-                continue
-            logits = draft(torch.tensor([pending]), cache=d_cache, logits_to_keep=1).logits[0, -1]
+        T = input_ids.shape[1]
+        capacity = T + max_new_tokens + k + 1
+        t_cache, d_cache = target.new_cache(1, capacity), draft.new_cache(1, capacity)
+        seq = input_ids[0].tolist()
+        stats = SpeculativeStats()
+        # Invariant: the target's cache holds seq[:-1]; the draft's cache a prefix of seq.
+        if T > 1:
+            target(input_ids[:, :-1], cache=t_cache)
+        while len(seq) - T < max_new_tokens:
+            n = min(k, max_new_tokens - (len(seq) - T) - 1)  # drafts that can still be used
+            drafts, q = [], []
+            pending = seq[d_cache.length :]
+            draft_screened = None if do_sample else draft.__dict__.get("screened_head")
+            for _ in range(n):
+                if draft_screened is not None:  # a layer-skip draft of a screened fp32 model
+                    out = draft(torch.tensor([pending]), cache=d_cache, logits_to_keep=1, compute_logits=False)
+                    drafts.append(int(draft_screened.argmax(out.last_hidden_state[0, -1:])[0]))
+                    pending = drafts[-1:]
+                    continue
+                logits = draft(torch.tensor([pending]), cache=d_cache, logits_to_keep=1).logits[0, -1]
+                if do_sample:
+                    q.append(_probs(logits, temperature, top_k, top_p))
+                    token = int(torch.multinomial(q[-1], 1, generator=generator))
+                else:
+                    token = int(logits.argmax())
+                drafts.append(token)
+                pending = [token]
+            start = t_cache.length
+            block = torch.tensor([seq[-1:] + drafts])  # (1, n + 1)
+            screened = None if do_sample else target.__dict__.get("screened_head")
+            if screened is not None:  # zoo.quant.screen_head: each row's argmax, without the logits
+                choices = screened.argmax(target(block, cache=t_cache, compute_logits=False).last_hidden_state[0])
+            else:
+                logits = target(block, cache=t_cache).logits[0]  # (n + 1, V)
+                choices = None if do_sample else logits.argmax(-1)
+            stats.target_forwards += 1
+            stats.drafted += n
             if do_sample:
-                q.append(_probs(logits, temperature, top_k, top_p))
-                token = int(torch.multinomial(q[-1], 1, generator=generator))
+                p = _probs(logits, temperature, top_k, top_p)
+                if n:
+                    kept, token = accept_drafts(p[None], torch.stack(q)[None], torch.tensor([drafts]), generator)
+                    kept, token = int(kept), int(token)
+                else:
+                    kept, token = 0, int(torch.multinomial(p[0], 1, generator=generator))
             else:
-                token = int(logits.argmax())
-            drafts.append(token)
-            pending = [token]
-        start = t_cache.length
-        block = torch.tensor([seq[-1:] + drafts])  # (1, n + 1)
-        screened = None if do_sample else target.__dict__.get("screened_head")
-        if screened is not None:  # zoo.quant.screen_head: each row's argmax, without the logits
-            choices = screened.argmax(target(block, cache=t_cache, compute_logits=False).last_hidden_state[0])
-        else:
-            logits = target(block, cache=t_cache).logits[0]  # (n + 1, V)
-            choices = None if do_sample else logits.argmax(-1)
-        stats.target_forwards += 1
-        stats.drafted += n
-        if do_sample:
-            p = _probs(logits, temperature, top_k, top_p)
-            if n:
-                kept, token = accept_drafts(p[None], torch.stack(q)[None], torch.tensor([drafts]), generator)
-                kept, token = int(kept), int(token)
-            else:
-                kept, token = 0, int(torch.multinomial(p[0], 1, generator=generator))
-        else:
-            agree = choices[:n] == torch.tensor(drafts, dtype=torch.long)
-            kept = int(agree.long().cumprod(0).sum())
-            token = int(choices[kept])
-        stats.accepted += kept
-        new = [*drafts[:kept], token]
-        t_cache.truncate(start + 1 + kept)  # seq[-1] and the kept drafts
-        d_cache.truncate(min(d_cache.length, start + 1 + kept))
-        for t in new:  # n was capped so that these never pass max_new_tokens
-            seq.append(t)
-            if streamer is not None:
-                streamer(torch.tensor([t], dtype=input_ids.dtype))
-            if t in eos:
-                return torch.tensor([seq], dtype=input_ids.dtype), stats
-    return torch.tensor([seq], dtype=input_ids.dtype), stats
+                agree = choices[:n] == torch.tensor(drafts, dtype=torch.long)
+                kept = int(agree.long().cumprod(0).sum())
+                token = int(choices[kept])
+            stats.accepted += kept
+            new = [*drafts[:kept], token]
+            t_cache.truncate(start + 1 + kept)  # seq[-1] and the kept drafts
+            d_cache.truncate(min(d_cache.length, start + 1 + kept))
+            for t in new:  # n was capped so that these never pass max_new_tokens
+                seq.append(t)
+                if streamer is not None:
+                    streamer(torch.tensor([t], dtype=input_ids.dtype))
+                if t in eos:
+                    return torch.tensor([seq], dtype=input_ids.dtype), stats
+        return torch.tensor([seq], dtype=input_ids.dtype), stats

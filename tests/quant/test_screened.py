@@ -9,7 +9,7 @@ import zoo
 import zoo.quant
 from tests.conftest import randomize_
 from zoo.families.gpt.model import GPTDoubleHeads
-from zoo.quant import ScreenedHead, screen_head
+from zoo.quant import ScreenedHead, screen_head, unscreenable
 from zoo.speculative import layer_skip_draft, quantized_draft, speculative_generate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -159,6 +159,8 @@ def test_speculative_verification_through_the_screened_head(name):
 
 
 def test_refused_where_it_cannot_serve():
+    assert unscreenable(_model("llama-tiny")) is None  # what the CLI asks before screening by default
+    assert "already quantized" in unscreenable(zoo.quantize(_model("llama-tiny"), "int8"))
     with pytest.raises(ValueError, match="already quantized"):
         screen_head(zoo.quantize(_model("llama-tiny"), "int8"))
     with pytest.raises(ValueError, match=r"float32 CPU weight.*bfloat16"):
